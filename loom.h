@@ -1,0 +1,10 @@
+// The one header a user includes: #include <loom/loom.h>
+#pragma once
+
+#include <loom/core/autograd.h>
+#include <loom/core/dtype.h>
+#include <loom/core/error.h>
+#include <loom/core/generator.h>
+#include <loom/core/gradcheck.h>
+#include <loom/core/tensor.h>
+#include <loom/ops/ops.h>
