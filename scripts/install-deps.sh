@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs with apt-get the Debian 12 packages loom needs that are not yet
+# installed. Idempotent: when everything is there it installs nothing and
+# does not touch the network.
+set -euo pipefail
+
+packages=(
+  build-essential     # g++ and make; g++ brings OpenMP (libgomp)
+  cmake
+  libdnnl-dev         # oneDNN: matmul
+  libxsimd-dev        # xsimd: SIMD kernels with run-time dispatch
+  doctest-dev         # tests
+  nlohmann-json3-dev  # JSON configs
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages are installed"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+$sudo apt-get update -qq
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

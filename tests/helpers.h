@@ -1,0 +1,44 @@
+// Shared test helpers.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+#include <loom/loom.h>
+
+// Runs loom::gradcheck and, on failure, prints its report (the worst element).
+#define CHECK_GRADCHECK(...)                                  \
+  do {                                                        \
+    loom::GradcheckResult gc_result_ = loom::gradcheck(__VA_ARGS__); \
+    INFO(gc_result_.report);                                  \
+    CHECK(gc_result_.passed);                                 \
+  } while (0)
+
+// Elementwise closeness of two float vectors.
+inline bool all_close(const std::vector<float>& a, const std::vector<float>& b, float atol = 1e-5f,
+                      float rtol = 1e-5f) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!(std::abs(a[i] - b[i]) <= atol + rtol * std::abs(b[i]))) return false;
+  return true;
+}
+
+// Row-major multi-index of flat index i in `shape`.
+inline std::vector<int64_t> unravel(int64_t i, const loom::Shape& shape) {
+  std::vector<int64_t> idx(shape.size());
+  for (int64_t d = int64_t(shape.size()) - 1; d >= 0; --d) {
+    idx[size_t(d)] = i % shape[size_t(d)];
+    i /= shape[size_t(d)];
+  }
+  return idx;
+}
+
+// Flat index into `shape` of a broadcast multi-index (from a larger shape).
+inline int64_t ravel_broadcast(const std::vector<int64_t>& idx, const loom::Shape& shape) {
+  int64_t flat = 0;
+  size_t lead = idx.size() - shape.size();
+  for (size_t d = 0; d < shape.size(); ++d) flat = flat * shape[d] + (shape[d] == 1 ? 0 : idx[d + lead]);
+  return flat;
+}
