@@ -179,3 +179,20 @@ TEST_CASE("a tiny MLP trains: the loss falls") {
   }
   CHECK(last < first * 0.3f);
 }
+
+TEST_CASE("the docs/autograd.md example") {
+  Tensor x = tensor({2.0f, -1.0f}).requires_grad_();
+  Tensor w = tensor({3.0f}).requires_grad_();
+  Tensor y = x * w;
+  Tensor z = relu(y);
+  Tensor loss = (z + y).sum();
+  CHECK(loss.item<float>() == 9.0f);
+  // The tape: mul, relu, add, sum, in increasing sequence order.
+  CHECK(std::string(loss.grad_fn()->name) == "sum");
+  CHECK(std::string(z.grad_fn()->name) == "relu");
+  CHECK(y.grad_fn()->sequence_nr < z.grad_fn()->sequence_nr);
+  CHECK(z.grad_fn()->sequence_nr < loss.grad_fn()->sequence_nr);
+  loss.backward();
+  CHECK(x.grad().to_vector<float>() == std::vector<float>{6, 3});
+  CHECK(w.grad().to_vector<float>() == std::vector<float>{3});
+}
