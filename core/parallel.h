@@ -1,0 +1,44 @@
+// parallel_for: the one way loom splits work across threads (OpenMP).
+//
+// Work is split only when it is large enough to pay for waking the threads,
+// so small tensors never run slower than on one thread. Chunks are
+// contiguous ranges of items; an item's result must not depend on which
+// chunk it lands in, which keeps results identical for any thread count.
+// (Reductions over many items therefore sum fixed-size blocks, never
+// per-thread partials; see ops/reduce.cpp.)
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include <omp.h>
+
+namespace loom {
+
+// Roughly how many elementary operations one thread must get before a
+// parallel region pays off (a fork/join costs a few microseconds).
+inline constexpr int64_t kParallelGrain = 1 << 15;
+
+// Calls f(begin, end) on chunks of [0, n). `work_per_item` is the rough
+// number of elementary operations per item (1 for an elementwise op, the row
+// length for a row-wise op).
+template <typename F>
+void parallel_for(int64_t n, int64_t work_per_item, F&& f) {
+  if (n <= 0) return;
+  const int64_t work = n * std::max<int64_t>(work_per_item, 1);
+  const int64_t want = std::min<int64_t>(n, work / kParallelGrain);
+  const int threads = int(std::min<int64_t>(omp_get_max_threads(), want));
+  if (threads <= 1 || omp_in_parallel()) {
+    f(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t chunk = (n + nt - 1) / nt;
+    const int64_t begin = t * chunk, end = std::min(n, begin + chunk);
+    if (begin < end) f(begin, end);
+  }
+}
+
+}  // namespace loom
