@@ -75,6 +75,7 @@ class Tensor {
   Tensor flatten(int64_t start_dim = 0, int64_t end_dim = -1) const;
   Tensor permute(Shape dims) const;
   Tensor transpose(int64_t dim0, int64_t dim1) const;
+  Tensor movedim(int64_t source, int64_t destination) const;  // one dim moved, the others keep their order
   Tensor t() const;  // 2-D transpose
   Tensor narrow(int64_t dim, int64_t start, int64_t length) const;
   Tensor slice(int64_t dim, int64_t start, int64_t end, int64_t step = 1) const;

@@ -134,6 +134,16 @@ Tensor Tensor::transpose(int64_t dim0, int64_t dim1) const {
   return permute(dims);
 }
 
+Tensor Tensor::movedim(int64_t source, int64_t destination) const {
+  int64_t src = wrap_dim("movedim", source, dim()), dst = wrap_dim("movedim", destination, dim());
+  if (dim() == 0 || src == dst) return *this;
+  Shape order;
+  for (int64_t i = 0; i < dim(); ++i)
+    if (i != src) order.push_back(i);
+  order.insert(order.begin() + dst, src);
+  return permute(order);
+}
+
 Tensor Tensor::t() const {
   LOOM_CHECK(dim() <= 2, "t: expects a tensor with <= 2 dimensions, got shape ", sizes());
   return dim() < 2 ? *this : transpose(0, 1);

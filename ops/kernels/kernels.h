@@ -1,0 +1,57 @@
+// The SIMD kernels, behind one table of function pointers per instruction
+// set (like ggml's per-type function tables).
+//
+// The kernels themselves are templates on an xsimd architecture
+// (ops/kernels/*_impl.h). Each isa_*.cpp file compiles all of them for one
+// instruction set, with that set's compiler flags, and fills a Table. At
+// first use, table() picks the best set this CPU supports, so one binary
+// runs on any x86-64 machine: AVX-512 where there is AVX-512, AVX2+FMA where
+// there is AVX2, and SSE2 (the x86-64 baseline) everywhere else.
+//
+// Ops (ops/*.cpp) call kernels once per contiguous run of elements, never
+// per element: `kernels::table().unary(UnaryOp::Exp, x, y, n)`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace loom::kernels {
+
+enum class UnaryOp : uint8_t {
+  Neg, Abs, Exp, Log, Sqrt, Rsqrt, Tanh, Sigmoid, Relu, GeluErf, GeluTanh, Silu, Softplus,
+};
+enum class BinaryOp : uint8_t { Add, Sub, Mul, Div, Maximum, Minimum, Pow };
+
+struct Table {
+  const char* name;  // "avx512", "avx2", "sse2"
+
+  // y[i] = f(x[i]) for i < n.
+  void (*unary)(UnaryOp op, const float* x, float* y, int64_t n);
+  // dx[i] = g[i] * f'(x[i]); y is f(x) where the rule is cheaper from it.
+  void (*unary_backward)(UnaryOp op, const float* x, const float* y, const float* g, float* dx, int64_t n);
+  // y[i] = a[i * a_step] op b[i * b_step]; a step of 0 repeats one value.
+  void (*binary)(BinaryOp op, const float* a, int64_t a_step, const float* b, int64_t b_step, float* y, int64_t n);
+  // Sum of x[0..n). The order of additions is the same on every instruction
+  // set (16 lanes, then blocks in double), so the result is bit-identical.
+  double (*sum)(const float* x, int64_t n);
+  // Largest element of x[0..n) (n > 0); NaN if any element is NaN.
+  float (*max)(const float* x, int64_t n);
+  // One row of softmax (log = false) or log_softmax (log = true).
+  void (*softmax)(const float* x, float* y, int64_t n, bool log);
+  // Its backward for one row, from the output y:
+  //   softmax:     dx = y * (g - sum(g * y))
+  //   log_softmax: dx = g - exp(y) * sum(g)
+  void (*softmax_backward)(const float* y, const float* g, float* dx, int64_t n, bool log);
+};
+
+// The table in use: the best instruction set of this CPU, unless lowered by
+// the environment variable LOOM_SIMD=sse2|avx2|avx512 or set_isa().
+const Table& table();
+// The instruction sets this CPU can run, best first ("avx512", "avx2", "sse2").
+std::vector<std::string> available_isas();
+// Switches every later kernel call to the named set (tests use this to
+// check each path); throws loom::Error for a set this CPU cannot run.
+void set_isa(const std::string& name);
+
+}  // namespace loom::kernels

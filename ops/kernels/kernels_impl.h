@@ -1,0 +1,278 @@
+// The SIMD kernels, written once as templates on the xsimd architecture A
+// and compiled once per instruction set by the isa_*.cpp files.
+//
+// Each kernel is a plain loop over batches of W = batch<float, A>::size
+// floats (4 for SSE2, 8 for AVX2, 16 for AVX-512). The last n % W elements
+// go through the same batch code on a zero-padded copy, so there is one code
+// path per kernel, not a vector loop plus a scalar twin.
+//
+// Everything sits in an anonymous namespace: each isa_*.cpp gets its own
+// private copy, so the linker can never hand AVX2 code to the SSE2 path.
+// For the same reason the kernels call no inline std:: functions.
+#pragma once
+
+#include <cstdint>
+
+#include <xsimd/xsimd.hpp>
+
+#include <loom/ops/kernels/kernels.h>
+
+namespace loom::kernels {
+namespace {
+
+template <class A> using Batch = xsimd::batch<float, A>;
+
+// y[0..n) = f(x[0..n)), one batch at a time.
+template <class A, class F>
+inline void map1(const float* x, float* y, int64_t n, F f) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) f(B::load_unaligned(x + i)).store_unaligned(y + i);
+  if (i < n) {  // the tail, padded with zeros
+    alignas(64) float buf[W] = {};
+    for (int64_t j = 0; i + j < n; ++j) buf[j] = x[i + j];
+    f(B::load_aligned(buf)).store_aligned(buf);
+    for (int64_t j = 0; i + j < n; ++j) y[i + j] = buf[j];
+  }
+}
+
+// z[0..n) = f(x[0..n), y[0..n)); a step of 0 repeats x[0] (or y[0]).
+template <class A, class F>
+inline void map2(const float* x, int64_t x_step, const float* y, int64_t y_step, float* z, int64_t n, F f) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  auto load = [](const float* p, int64_t step, int64_t i) { return step ? B::load_unaligned(p + i) : B(*p); };
+  int64_t i = 0;
+  for (; i + W <= n; i += W) f(load(x, x_step, i), load(y, y_step, i)).store_unaligned(z + i);
+  if (i < n) {
+    alignas(64) float bx[W] = {}, by[W] = {};
+    for (int64_t j = 0; i + j < n; ++j) {
+      bx[j] = x[(i + j) * x_step];
+      by[j] = y[(i + j) * y_step];
+    }
+    f(B::load_aligned(bx), B::load_aligned(by)).store_aligned(bx);
+    for (int64_t j = 0; i + j < n; ++j) z[i + j] = bx[j];
+  }
+}
+
+// dx[0..n) = f(x, y, g) elementwise.
+template <class A, class F>
+inline void map3(const float* x, const float* y, const float* g, float* dx, int64_t n, F f) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    f(B::load_unaligned(x + i), B::load_unaligned(y + i), B::load_unaligned(g + i)).store_unaligned(dx + i);
+  if (i < n) {
+    alignas(64) float bx[W] = {}, by[W] = {}, bg[W] = {};
+    for (int64_t j = 0; i + j < n; ++j) {
+      bx[j] = x[i + j];
+      by[j] = y[i + j];
+      bg[j] = g[i + j];
+    }
+    f(B::load_aligned(bx), B::load_aligned(by), B::load_aligned(bg)).store_aligned(bx);
+    for (int64_t j = 0; i + j < n; ++j) dx[i + j] = bx[j];
+  }
+}
+
+constexpr float kSqrt1_2 = 0.70710678118654752f;      // 1/sqrt(2)
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;   // 1/sqrt(2 pi)
+constexpr float kSqrt2OverPi = 0.79788456080286536f;  // sqrt(2/pi)
+constexpr float kGeluCoeff = 0.044715f;
+constexpr float kSoftplusThreshold = 20.0f;           // PyTorch's: above it softplus(x) = x
+
+template <class A>
+void unary(UnaryOp op, const float* x, float* y, int64_t n) {
+  using B = Batch<A>;
+  const B one(1.0f), half(0.5f), zero(0.0f);
+  switch (op) {
+    case UnaryOp::Neg: return map1<A>(x, y, n, [](B v) { return -v; });
+    case UnaryOp::Abs: return map1<A>(x, y, n, [](B v) { return xsimd::abs(v); });
+    case UnaryOp::Exp: return map1<A>(x, y, n, [](B v) { return xsimd::exp(v); });
+    case UnaryOp::Log: return map1<A>(x, y, n, [](B v) { return xsimd::log(v); });
+    case UnaryOp::Sqrt: return map1<A>(x, y, n, [](B v) { return xsimd::sqrt(v); });
+    case UnaryOp::Rsqrt: return map1<A>(x, y, n, [=](B v) { return one / xsimd::sqrt(v); });
+    case UnaryOp::Tanh: return map1<A>(x, y, n, [](B v) { return xsimd::tanh(v); });
+    case UnaryOp::Sigmoid: return map1<A>(x, y, n, [=](B v) { return one / (one + xsimd::exp(-v)); });
+    case UnaryOp::Relu: return map1<A>(x, y, n, [=](B v) { return xsimd::select(v > zero, v, zero); });
+    case UnaryOp::GeluErf:  // x * Phi(x), Phi the standard normal CDF
+      return map1<A>(x, y, n, [=](B v) { return half * v * (one + xsimd::erf(v * B(kSqrt1_2))); });
+    case UnaryOp::GeluTanh:  // the tanh approximation of GELU
+      return map1<A>(x, y, n, [=](B v) {
+        return half * v * (one + xsimd::tanh(B(kSqrt2OverPi) * (v + B(kGeluCoeff) * v * v * v)));
+      });
+    case UnaryOp::Silu: return map1<A>(x, y, n, [=](B v) { return v / (one + xsimd::exp(-v)); });
+    case UnaryOp::Softplus:
+      return map1<A>(x, y, n, [=](B v) {
+        return xsimd::select(v > B(kSoftplusThreshold), v, xsimd::log1p(xsimd::exp(v)));
+      });
+  }
+}
+
+template <class A>
+void unary_backward(UnaryOp op, const float* x, const float* y, const float* g, float* dx, int64_t n) {
+  using B = Batch<A>;
+  const B one(1.0f), half(0.5f), zero(0.0f);
+  switch (op) {
+    case UnaryOp::Neg: return map3<A>(x, y, g, dx, n, [](B, B, B gi) { return -gi; });
+    case UnaryOp::Abs:  // sign(x), 0 at 0
+      return map3<A>(x, y, g, dx, n, [=](B xi, B, B gi) {
+        return xsimd::select(xi > zero, gi, xsimd::select(xi < zero, -gi, zero));
+      });
+    case UnaryOp::Exp: return map3<A>(x, y, g, dx, n, [](B, B yi, B gi) { return gi * yi; });
+    case UnaryOp::Log: return map3<A>(x, y, g, dx, n, [](B xi, B, B gi) { return gi / xi; });
+    case UnaryOp::Sqrt: return map3<A>(x, y, g, dx, n, [=](B, B yi, B gi) { return gi * half / yi; });
+    case UnaryOp::Rsqrt: return map3<A>(x, y, g, dx, n, [=](B, B yi, B gi) { return -half * gi * yi * yi * yi; });
+    case UnaryOp::Tanh: return map3<A>(x, y, g, dx, n, [=](B, B yi, B gi) { return gi * (one - yi * yi); });
+    case UnaryOp::Sigmoid: return map3<A>(x, y, g, dx, n, [=](B, B yi, B gi) { return gi * yi * (one - yi); });
+    case UnaryOp::Relu: return map3<A>(x, y, g, dx, n, [=](B xi, B, B gi) { return xsimd::select(xi > zero, gi, zero); });
+    case UnaryOp::GeluErf:  // Phi(x) + x * phi(x)
+      return map3<A>(x, y, g, dx, n, [=](B xi, B, B gi) {
+        B cdf = half * (one + xsimd::erf(xi * B(kSqrt1_2)));
+        B pdf = B(kInvSqrt2Pi) * xsimd::exp(-half * xi * xi);
+        return gi * (cdf + xi * pdf);
+      });
+    case UnaryOp::GeluTanh:  // u = k (x + c x^3): 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 c x^2)
+      return map3<A>(x, y, g, dx, n, [=](B xi, B, B gi) {
+        B t = xsimd::tanh(B(kSqrt2OverPi) * (xi + B(kGeluCoeff) * xi * xi * xi));
+        B du = B(kSqrt2OverPi) * (one + B(3.0f * kGeluCoeff) * xi * xi);
+        return gi * (half * (one + t) + half * xi * (one - t * t) * du);
+      });
+    case UnaryOp::Silu:  // s (1 + x (1 - s)), s = sigmoid(x)
+      return map3<A>(x, y, g, dx, n, [=](B xi, B, B gi) {
+        B s = one / (one + xsimd::exp(-xi));
+        return gi * s * (one + xi * (one - s));
+      });
+    case UnaryOp::Softplus:  // sigmoid(x), or 1 above the threshold
+      return map3<A>(x, y, g, dx, n, [=](B xi, B, B gi) {
+        return xsimd::select(xi > B(kSoftplusThreshold), gi, gi / (one + xsimd::exp(-xi)));
+      });
+  }
+}
+
+template <class A>
+void binary(BinaryOp op, const float* a, int64_t as, const float* b, int64_t bs, float* y, int64_t n) {
+  using B = Batch<A>;
+  switch (op) {
+    case BinaryOp::Add: return map2<A>(a, as, b, bs, y, n, [](B u, B v) { return u + v; });
+    case BinaryOp::Sub: return map2<A>(a, as, b, bs, y, n, [](B u, B v) { return u - v; });
+    case BinaryOp::Mul: return map2<A>(a, as, b, bs, y, n, [](B u, B v) { return u * v; });
+    case BinaryOp::Div: return map2<A>(a, as, b, bs, y, n, [](B u, B v) { return u / v; });
+    case BinaryOp::Maximum:  // NaN in either propagates, as torch.maximum
+      return map2<A>(a, as, b, bs, y, n, [](B u, B v) {
+        return xsimd::select(xsimd::isnan(u) | xsimd::isnan(v), u + v, xsimd::max(u, v));
+      });
+    case BinaryOp::Minimum:
+      return map2<A>(a, as, b, bs, y, n, [](B u, B v) {
+        return xsimd::select(xsimd::isnan(u) | xsimd::isnan(v), u + v, xsimd::min(u, v));
+      });
+    case BinaryOp::Pow: return map2<A>(a, as, b, bs, y, n, [](B u, B v) { return xsimd::pow(u, v); });
+  }
+}
+
+// 16 float lanes whatever the batch width: lane j adds up elements j, j+16,
+// j+32, ... of each block of 4096, and the blocks are added in double. The
+// additions are the same on SSE2, AVX2 and AVX-512, so the sums are too.
+template <class A>
+double sum(const float* x, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size, L = 16, K = L / W, Block = 4096;
+  double lanes_total[L] = {};
+  for (int64_t start = 0; start < n; start += Block) {
+    const int64_t end = start + Block < n ? start + Block : n;
+    B acc[K];
+    for (int64_t k = 0; k < K; ++k) acc[k] = B(0.0f);
+    int64_t i = start;
+    for (; i + L <= end; i += L)
+      for (int64_t k = 0; k < K; ++k) acc[k] += B::load_unaligned(x + i + k * W);
+    alignas(64) float lanes[L];
+    for (int64_t k = 0; k < K; ++k) acc[k].store_aligned(lanes + k * W);
+    for (int64_t j = 0; i + j < end; ++j) lanes[j] += x[i + j];
+    for (int64_t j = 0; j < L; ++j) lanes_total[j] += lanes[j];
+  }
+  double total = 0;
+  for (int64_t j = 0; j < L; ++j) total += lanes_total[j];
+  return total;
+}
+
+template <class A>
+float max(const float* x, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const float neg_inf = -__builtin_inff();
+  B m(neg_inf);
+  auto nan = B(0.0f) != B(0.0f);  // all false
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    B v = B::load_unaligned(x + i);
+    nan = nan | xsimd::isnan(v);
+    m = xsimd::max(m, v);
+  }
+  alignas(64) float buf[W];
+  for (int64_t j = 0; j < W; ++j) buf[j] = neg_inf;
+  for (int64_t j = 0; i + j < n; ++j) buf[j] = x[i + j];
+  B v = B::load_aligned(buf);
+  nan = nan | xsimd::isnan(v);
+  m = xsimd::max(m, v);
+  if (xsimd::any(nan)) return __builtin_nanf("");
+  m.store_aligned(buf);
+  float best = buf[0];
+  for (int64_t j = 1; j < W; ++j) best = buf[j] > best ? buf[j] : best;
+  return best;
+}
+
+// sum(x[i] * y[i]) in float batches (used inside one row).
+template <class A>
+float dot(const float* x, const float* y, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  B acc(0.0f);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) acc += B::load_unaligned(x + i) * B::load_unaligned(y + i);
+  float total = xsimd::hadd(acc);
+  for (; i < n; ++i) total += x[i] * y[i];
+  return total;
+}
+
+// softmax(x) = exp(x - max) / sum(exp(x - max)); log_softmax = x - max - log(sum).
+// Subtracting the max first keeps exp from overflowing.
+template <class A>
+void softmax(const float* x, float* y, int64_t n, bool log) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const B m(max<A>(x, n));
+  map1<A>(x, y, n, [=](B v) { return xsimd::exp(v - m); });
+  B acc(0.0f);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) acc += B::load_unaligned(y + i);
+  float total = xsimd::hadd(acc);
+  for (; i < n; ++i) total += y[i];
+  if (log) {
+    const B shift = m + B(__builtin_logf(total));
+    map1<A>(x, y, n, [=](B v) { return v - shift; });
+  } else {
+    const B scale(1.0f / total);
+    map1<A>(y, y, n, [=](B v) { return v * scale; });
+  }
+}
+
+template <class A>
+void softmax_backward(const float* y, const float* g, float* dx, int64_t n, bool log) {
+  using B = Batch<A>;
+  if (log) {  // dx = g - exp(y) * sum(g)
+    const B s(float(sum<A>(g, n)));
+    map3<A>(y, y, g, dx, n, [=](B yi, B, B gi) { return gi - xsimd::exp(yi) * s; });
+  } else {  // dx = y * (g - sum(g * y))
+    const B s(dot<A>(g, y, n));
+    map3<A>(y, y, g, dx, n, [=](B yi, B, B gi) { return yi * (gi - s); });
+  }
+}
+
+template <class A>
+Table make_table(const char* name) {
+  return Table{name, &unary<A>, &unary_backward<A>, &binary<A>, &sum<A>, &max<A>, &softmax<A>, &softmax_backward<A>};
+}
+
+}  // namespace
+}  // namespace loom::kernels
