@@ -42,3 +42,31 @@ inline int64_t ravel_broadcast(const std::vector<int64_t>& idx, const loom::Shap
   for (size_t d = 0; d < shape.size(); ++d) flat = flat * shape[d] + (shape[d] == 1 ? 0 : idx[d + lead]);
   return flat;
 }
+
+#include <functional>
+#include <string>
+
+#include <loom/ops/kernels/kernels.h>
+
+// Runs `body` once per instruction set this CPU supports (SSE2, AVX2,
+// AVX-512), then restores the best one. The tests call this so every kernel
+// path is compared with the scalar reference, not just the one in use.
+inline void for_each_isa(const std::function<void(const std::string&)>& body) {
+  std::vector<std::string> isas = loom::kernels::available_isas();
+  for (const std::string& isa : isas) {
+    loom::kernels::set_isa(isa);
+    body(isa);
+  }
+  loom::kernels::set_isa(isas.front());
+}
+
+// Max |a - b| / (atol + rtol |b|) <= 1, elementwise, with NaN == NaN and equal infinities.
+inline bool close_or_same(const std::vector<float>& a, const std::vector<double>& b, double atol, double rtol) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(b[i]) || std::isnan(a[i])) { if (std::isnan(b[i]) != std::isnan(a[i])) return false; continue; }
+    if (std::isinf(b[i]) || std::isinf(a[i])) { if (double(a[i]) != b[i]) return false; continue; }
+    if (std::abs(double(a[i]) - b[i]) > atol + rtol * std::abs(b[i])) return false;
+  }
+  return true;
+}

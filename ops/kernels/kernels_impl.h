@@ -95,7 +95,7 @@ void unary(UnaryOp op, const float* x, float* y, int64_t n) {
     case UnaryOp::Rsqrt: return map1<A>(x, y, n, [=](B v) { return one / xsimd::sqrt(v); });
     case UnaryOp::Tanh: return map1<A>(x, y, n, [](B v) { return xsimd::tanh(v); });
     case UnaryOp::Sigmoid: return map1<A>(x, y, n, [=](B v) { return one / (one + xsimd::exp(-v)); });
-    case UnaryOp::Relu: return map1<A>(x, y, n, [=](B v) { return xsimd::select(v > zero, v, zero); });
+    case UnaryOp::Relu: return map1<A>(x, y, n, [=](B v) { return xsimd::select(v < zero, zero, v); });  // NaN stays NaN
     case UnaryOp::GeluErf:  // x * Phi(x), Phi the standard normal CDF
       return map1<A>(x, y, n, [=](B v) { return half * v * (one + xsimd::erf(v * B(kSqrt1_2))); });
     case UnaryOp::GeluTanh:  // the tanh approximation of GELU
