@@ -1,12 +1,20 @@
-// Matrix products (ops/matmul.cpp).
+// Matrix products through oneDNN (ops/matmul.cpp).
 #pragma once
+
+#include <cstddef>
 
 #include <loom/core/tensor.h>
 
 namespace loom {
 
-// ---- linear algebra ---------------------------------------------------------------
 // torch.matmul: 1-D and 2-D operands, and batched with broadcast batch dims.
 Tensor matmul(const Tensor& a, const Tensor& b);
+
+// torch.nn.functional.linear: x · weightᵀ + bias, weight [out, in], bias
+// [out] or undefined; x [..., in]. The bias add is fused into the product.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// How many oneDNN matmul primitives are cached (one per shape and layout).
+size_t matmul_cache_size();
 
 }  // namespace loom
