@@ -43,6 +43,22 @@ struct Table {
   //   softmax:     dx = y * (g - sum(g * y))
   //   log_softmax: dx = g - exp(y) * sum(g)
   void (*softmax_backward)(const float* y, const float* g, float* dx, int64_t n, bool log);
+  // log(sum(exp(x[0..n)))), computed as max + log(sum(exp(x - max))).
+  float (*logsumexp)(const float* x, int64_t n);
+  // dx = scale * (exp(x - lse) - offset): the softmax part of cross_entropy's gradient.
+  void (*softmax_minus)(const float* x, float lse, float scale, float offset, float* dx, int64_t n);
+
+  // One row of layer_norm (rms = false) or rms_norm (rms = true):
+  //   y = (x - mean) * rstd * w + b,  rstd = 1 / sqrt(var + eps)   (rms: mean = 0, var = mean(x²))
+  // w and b may be null. Writes the row's mean and rstd for the backward.
+  void (*norm)(const float* x, const float* w, const float* b, float* y, int64_t n, float eps, bool rms,
+               float* mean, float* rstd);
+  // Its backward for one row, with ĝ = g * w and x̂ = (x - mean) * rstd:
+  //   dx = rstd * (ĝ - mean(ĝ) - x̂ * mean(ĝ x̂))      (rms: without the mean(ĝ) term)
+  void (*norm_backward)(const float* x, const float* w, const float* g, float mean, float rstd, float* dx,
+                        int64_t n, bool rms);
+  // dw += g * x̂ and db += g (db may be null) for one row segment.
+  void (*norm_param_grads)(const float* x, const float* g, float mean, float rstd, float* dw, float* db, int64_t n);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by

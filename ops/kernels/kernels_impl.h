@@ -270,8 +270,110 @@ void softmax_backward(const float* y, const float* g, float* dx, int64_t n, bool
 }
 
 template <class A>
+float logsumexp(const float* x, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const float m = max<A>(x, n);
+  if (m == -__builtin_inff() || m == __builtin_inff() || m != m) return m;  // all -inf, or inf / nan inside
+  const B mb(m);
+  B acc(0.0f);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) acc += xsimd::exp(B::load_unaligned(x + i) - mb);
+  alignas(64) float buf[W];
+  for (int64_t j = 0; j < W; ++j) buf[j] = -__builtin_inff();  // exp(-inf) = 0 pads the tail
+  for (int64_t j = 0; i + j < n; ++j) buf[j] = x[i + j];
+  acc += xsimd::exp(B::load_aligned(buf) - mb);
+  return m + __builtin_logf(xsimd::hadd(acc));
+}
+
+template <class A>
+void softmax_minus(const float* x, float lse, float scale, float offset, float* dx, int64_t n) {
+  using B = Batch<A>;
+  const B l(lse), s(scale), o(offset);
+  map1<A>(x, dx, n, [=](B v) { return s * (xsimd::exp(v - l) - o); });
+}
+
+// sum((x - c)^2) over a row, in float batches.
+template <class A>
+float sum_sq_dev(const float* x, float c, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const B cb(c);
+  B acc(0.0f);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    B d = B::load_unaligned(x + i) - cb;
+    acc += d * d;
+  }
+  float total = xsimd::hadd(acc);
+  for (; i < n; ++i) total += (x[i] - c) * (x[i] - c);
+  return total;
+}
+
+template <class A>
+void norm(const float* x, const float* w, const float* b, float* y, int64_t n, float eps, bool rms, float* mean_out,
+          float* rstd_out) {
+  using B = Batch<A>;
+  // Two passes: the mean first, then the spread around it (more accurate
+  // than E[x²] - E[x]² when the mean is large).
+  const float mean = rms ? 0.0f : float(sum<A>(x, n) / double(n));
+  const float rstd = 1.0f / __builtin_sqrtf(sum_sq_dev<A>(x, mean, n) / float(n) + eps);
+  const B mb(mean), rb(rstd);
+  map1<A>(x, y, n, [=](B v) { return (v - mb) * rb; });
+  if (w) map2<A>(y, 1, w, 1, y, n, [](B u, B v) { return u * v; });
+  if (b) map2<A>(y, 1, b, 1, y, n, [](B u, B v) { return u + v; });
+  *mean_out = mean;
+  *rstd_out = rstd;
+}
+
+template <class A>
+void norm_backward(const float* x, const float* w, const float* g, float mean, float rstd, float* dx, int64_t n,
+                   bool rms) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  // dx holds ĝ = g * w first.
+  if (w) map2<A>(g, 1, w, 1, dx, n, [](B u, B v) { return u * v; });
+  else map1<A>(g, dx, n, [](B v) { return v; });
+  const B mb(mean), rb(rstd);
+  B acc_g(0.0f), acc_gx(0.0f);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    B gh = B::load_unaligned(dx + i);
+    acc_g += gh;
+    acc_gx += gh * (B::load_unaligned(x + i) - mb) * rb;
+  }
+  float sum_g = xsimd::hadd(acc_g), sum_gx = xsimd::hadd(acc_gx);
+  for (; i < n; ++i) {
+    sum_g += dx[i];
+    sum_gx += dx[i] * (x[i] - mean) * rstd;
+  }
+  const B mean_g(rms ? 0.0f : sum_g / float(n)), mean_gx(sum_gx / float(n));
+  map2<A>(dx, 1, x, 1, dx, n, [=](B gh, B xv) { return rb * (gh - mean_g - (xv - mb) * rb * mean_gx); });
+}
+
+template <class A>
+void norm_param_grads(const float* x, const float* g, float mean, float rstd, float* dw, float* db, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const B mb(mean), rb(rstd);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    B gv = B::load_unaligned(g + i);
+    (B::load_unaligned(dw + i) + gv * (B::load_unaligned(x + i) - mb) * rb).store_unaligned(dw + i);
+    if (db) (B::load_unaligned(db + i) + gv).store_unaligned(db + i);
+  }
+  for (; i < n; ++i) {
+    dw[i] += g[i] * (x[i] - mean) * rstd;
+    if (db) db[i] += g[i];
+  }
+}
+
+template <class A>
 Table make_table(const char* name) {
-  return Table{name, &unary<A>, &unary_backward<A>, &binary<A>, &sum<A>, &max<A>, &softmax<A>, &softmax_backward<A>};
+  return Table{name,          &unary<A>,        &unary_backward<A>,   &binary<A>,
+               &sum<A>,       &max<A>,          &softmax<A>,          &softmax_backward<A>,
+               &logsumexp<A>, &softmax_minus<A>, &norm<A>,            &norm_backward<A>,
+               &norm_param_grads<A>};
 }
 
 }  // namespace
