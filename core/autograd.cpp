@@ -17,14 +17,19 @@ std::atomic<uint64_t> next_sequence_nr{0};
 bool is_grad_enabled() { return grad_enabled; }
 void set_grad_enabled(bool enabled) { grad_enabled = enabled; }
 
-bool any_requires_grad(std::initializer_list<Tensor> inputs) {
+template <typename List>
+bool any_requires_grad_in(const List& inputs) {
   if (!grad_enabled) return false;
   for (const Tensor& t : inputs)
     if (t.defined() && t.requires_grad()) return true;
   return false;
 }
+bool any_requires_grad(std::initializer_list<Tensor> inputs) { return any_requires_grad_in(inputs); }
+bool any_requires_grad(const std::vector<Tensor>& inputs) { return any_requires_grad_in(inputs); }
 
-void record(const char* name, std::initializer_list<Tensor> inputs, Tensor& output, BackwardFn backward) {
+namespace {
+template <typename List>
+void record_node(const char* name, const List& inputs, Tensor& output, BackwardFn backward) {
   if (!any_requires_grad(inputs)) return;
   auto node = std::make_shared<Node>();
   node->name = name;
@@ -41,6 +46,14 @@ void record(const char* name, std::initializer_list<Tensor> inputs, Tensor& outp
   node->backward = std::move(backward);
   output.impl()->requires_grad = true;
   output.impl()->grad_fn = std::move(node);
+}
+}  // namespace
+
+void record(const char* name, std::initializer_list<Tensor> inputs, Tensor& output, BackwardFn backward) {
+  record_node(name, inputs, output, std::move(backward));
+}
+void record(const char* name, const std::vector<Tensor>& inputs, Tensor& output, BackwardFn backward) {
+  record_node(name, inputs, output, std::move(backward));
 }
 
 void check_inplace(const char* op, const Tensor& t) {

@@ -68,6 +68,7 @@ class NoGradGuard {
 
 // True when an op on these inputs must be recorded.
 bool any_requires_grad(std::initializer_list<Tensor> inputs);
+bool any_requires_grad(const std::vector<Tensor>& inputs);
 
 // Records `output = op(inputs)` on the tape with its backward rule, if grad
 // mode is on and some input requires grad; otherwise does nothing (and the
@@ -75,6 +76,8 @@ bool any_requires_grad(std::initializer_list<Tensor> inputs);
 // A rule that needs the op's output must capture output.detach(): a node
 // holding its own output would keep itself alive forever.
 void record(const char* name, std::initializer_list<Tensor> inputs, Tensor& output, BackwardFn backward);
+// The same for ops with a variable number of inputs (cat, stack).
+void record(const char* name, const std::vector<Tensor>& inputs, Tensor& output, BackwardFn backward);
 
 // The engine behind Tensor::backward().
 void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph);

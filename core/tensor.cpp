@@ -139,8 +139,8 @@ void strided_copy(const Tensor& dst, const Tensor& src) {
     visit_dtype(src.dtype(), [&](auto s) {
       using D = decltype(d);
       using S = decltype(s);
-      for_each_run<2>(dst.sizes(), {static_cast<char*>(dst.raw_data()), static_cast<char*>(src.raw_data())},
-                      {byte_strides(dst), byte_strides(src)},
+      parallel_for_each_run<2>(dst.sizes(), {static_cast<char*>(dst.raw_data()), static_cast<char*>(src.raw_data())},
+                      {byte_strides(dst), byte_strides(src)}, 1,
                       [](char* const* p, const int64_t* st, int64_t n) {
                         for (int64_t i = 0; i < n; ++i)
                           *reinterpret_cast<D*>(p[0] + i * st[0]) =

@@ -6,8 +6,10 @@
 
 #include <loom/ops/dropout.h>
 #include <loom/ops/elementwise.h>
+#include <loom/ops/embedding.h>
 #include <loom/ops/loss.h>
 #include <loom/ops/matmul.h>
 #include <loom/ops/norm.h>
 #include <loom/ops/reduce.h>
+#include <loom/ops/shape.h>
 #include <loom/ops/softmax.h>
