@@ -1,18 +1,80 @@
 #include <loom/core/storage.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <new>
 
 namespace loom {
+
+namespace {
+
+constexpr size_t kCacheMinBlock = size_t(1) << 20;
+constexpr size_t kCacheLimit = size_t(2) << 30;
+
+// Freed large blocks by capacity.
+struct BlockCache {
+  std::mutex mutex;
+  std::multimap<size_t, void*> blocks;
+  size_t bytes = 0;
+};
+BlockCache& block_cache() {
+  static BlockCache* cache = new BlockCache;  // never destroyed: storages may outlive static destruction
+  return *cache;
+}
+
+// A cached block of at least `size` bytes and at most 1.5x that, or null.
+void* take_cached(size_t size, size_t& capacity) {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  auto it = c.blocks.lower_bound(size);
+  if (it == c.blocks.end() || it->first > size + size / 2) return nullptr;
+  void* p = it->second;
+  capacity = it->first;
+  c.bytes -= it->first;
+  c.blocks.erase(it);
+  return p;
+}
+
+// Keeps the block for reuse; false when the cache is full.
+bool give_back(void* p, size_t capacity) {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  if (c.bytes + capacity > kCacheLimit) return false;
+  c.blocks.emplace(capacity, p);
+  c.bytes += capacity;
+  return true;
+}
+
+}  // namespace
 
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // aligned_alloc wants a size that is a multiple of the alignment; never 0.
   size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   if (rounded == 0) rounded = kAlignment;
-  data_ = std::aligned_alloc(kAlignment, rounded);
+  capacity_ = rounded;
+  if (rounded >= kCacheMinBlock) data_ = take_cached(rounded, capacity_);
+  if (!data_) data_ = std::aligned_alloc(kAlignment, rounded);
   if (!data_) throw std::bad_alloc();
 }
 
-Storage::~Storage() { std::free(data_); }
+Storage::~Storage() {
+  if (capacity_ >= kCacheMinBlock && give_back(data_, capacity_)) return;
+  std::free(data_);
+}
+
+size_t cached_bytes() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return c.bytes;
+}
+
+void empty_cache() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  for (auto& [size, p] : c.blocks) std::free(p);
+  c.blocks.clear();
+  c.bytes = 0;
+}
 
 }  // namespace loom

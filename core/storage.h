@@ -23,6 +23,15 @@ class Storage {
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
+  size_t capacity_ = 0;  // the block's real size (a reused block may be larger)
 };
+
+// Large blocks (1 MiB and up) are kept when freed and handed to the next
+// allocation of about the same size, as PyTorch's caching allocators do:
+// memory fresh from the OS page-faults on first write, which for a large
+// tensor costs more than the op that fills it. At most 2 GiB is kept.
+size_t cached_bytes();
+// Returns every kept block to the system (like torch.cuda.empty_cache()).
+void empty_cache();
 
 }  // namespace loom

@@ -159,3 +159,22 @@ TEST_CASE("printing follows PyTorch") {
   CHECK(big.find("[   0.,    1.,    2., ..., 1997., 1998., 1999.]") != std::string::npos);
   CHECK(to_string(Tensor()) == "tensor(undefined)");
 }
+
+TEST_CASE("large freed blocks are reused; empty_cache releases them") {
+  empty_cache();
+  const void* first;
+  {
+    Tensor a = empty({1 << 20});  // 4 MiB
+    first = a.data_ptr<float>();
+  }
+  CHECK(cached_bytes() >= size_t(4) << 20);
+  Tensor b = empty({1 << 20});
+  CHECK(b.data_ptr<float>() == first);  // the same block again, no page faults
+  CHECK(cached_bytes() == 0);
+  Tensor small = empty({10});  // small blocks are not cached
+  small = Tensor();
+  CHECK(cached_bytes() == 0);
+  b = Tensor();
+  empty_cache();
+  CHECK(cached_bytes() == 0);
+}
