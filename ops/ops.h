@@ -4,6 +4,7 @@
 // call live in ops/kernels/.
 #pragma once
 
+#include <loom/ops/attention.h>
 #include <loom/ops/dropout.h>
 #include <loom/ops/elementwise.h>
 #include <loom/ops/embedding.h>

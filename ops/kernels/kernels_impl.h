@@ -368,12 +368,55 @@ void norm_param_grads(const float* x, const float* g, float mean, float rstd, fl
   }
 }
 
+// C = alpha A·B (+ C): each row of C is built in registers, 4 batches wide,
+// from broadcast A[r, t] times row t of B; leftover columns one by one.
+template <class A>
+void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t m, int64_t n,
+          int64_t k, float alpha, bool accumulate) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const B al(alpha);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* ar = a + r * lda;
+    float* cr = c + r * ldc;
+    int64_t col = 0;
+    for (; col + 4 * W <= n; col += 4 * W) {
+      B acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
+      for (int64_t t = 0; t < k; ++t) {
+        const B av(ar[t]);
+        const float* bt = b + t * ldb + col;
+        acc0 = xsimd::fma(av, B::load_unaligned(bt), acc0);
+        acc1 = xsimd::fma(av, B::load_unaligned(bt + W), acc1);
+        acc2 = xsimd::fma(av, B::load_unaligned(bt + 2 * W), acc2);
+        acc3 = xsimd::fma(av, B::load_unaligned(bt + 3 * W), acc3);
+      }
+      B out[4] = {acc0 * al, acc1 * al, acc2 * al, acc3 * al};
+      for (int64_t q = 0; q < 4; ++q) {
+        if (accumulate) out[q] += B::load_unaligned(cr + col + q * W);
+        out[q].store_unaligned(cr + col + q * W);
+      }
+    }
+    for (; col + W <= n; col += W) {
+      B acc(0.0f);
+      for (int64_t t = 0; t < k; ++t) acc = xsimd::fma(B(ar[t]), B::load_unaligned(b + t * ldb + col), acc);
+      acc *= al;
+      if (accumulate) acc += B::load_unaligned(cr + col);
+      acc.store_unaligned(cr + col);
+    }
+    for (; col < n; ++col) {
+      float acc = 0;
+      for (int64_t t = 0; t < k; ++t) acc += ar[t] * b[t * ldb + col];
+      cr[col] = alpha * acc + (accumulate ? cr[col] : 0.0f);
+    }
+  }
+}
+
 template <class A>
 Table make_table(const char* name) {
   return Table{name,          &unary<A>,        &unary_backward<A>,   &binary<A>,
                &sum<A>,       &max<A>,          &softmax<A>,          &softmax_backward<A>,
                &logsumexp<A>, &softmax_minus<A>, &norm<A>,            &norm_backward<A>,
-               &norm_param_grads<A>};
+               &norm_param_grads<A>, &gemm<A>};
 }
 
 }  // namespace

@@ -1,0 +1,488 @@
+// Fused attention, flash-attention style, on the CPU.
+//
+// For one (batch, head), with S the logits and P the weights:
+//   S = scale · Q Kᵀ + bias − F          (−∞ where masked)
+//   P = softmax(S) row by row            O = P V   (P with dropout applied)
+// Backward, from the saved row statistic lse = log Σ_c exp(S_rc):
+//   P   = exp(S − lse)                   (recomputed, never stored)
+//   dV  = Pᵀ dO                          dP = dO Vᵀ
+//   dS  = P ∘ (dP − Δ),  Δ_r = Σ_d dO_rd O_rd
+//   dQ  = scale · dS K                   dK = scale · dSᵀ Q
+//   dbias = dS                           dF = −Σ_heads dS
+//
+// Forward: the queries are cut into blocks of 64 rows and the keys into
+// blocks of 64. For each query block the key blocks stream past; a running
+// max m, sum l and output accumulator per row are rescaled as the max
+// grows (online softmax), so no more than one 64×64 tile of S exists per
+// thread. Work is split over (batch, head, query block).
+//
+// Backward: two passes, each recomputing the tiles it needs. Pass A owns
+// query blocks and writes dQ (and dbias); pass B owns key blocks and writes
+// dK and dV. Each output element is written by one thread in a fixed order,
+// so gradients are the same for any thread count.
+//
+// Selective attention: the gate G = relu(S of head 0, before the subtraction),
+// zero on the first own key column and on the diagonal, and
+// F_rc = Σ_{r' < r} G_r'c. G and F are materialised for the selection head
+// only: 2 · b · i · j floats (at b = 1, i = j = 2048: 32 MiB). Its backward
+// adds one more pass over all heads to collect dF, then
+// dG_rc = Σ_{r' > r} dF_r'c, and head 0's logits receive dG where G > 0.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <loom/core/autograd.h>
+#include <loom/core/parallel.h>
+#include <loom/ops/attention.h>
+#include <loom/ops/kernels/kernels.h>
+#include <loom/ops/ops.h>
+
+namespace loom {
+
+namespace {
+
+constexpr int64_t kBlock = 64;  // rows of a query block and of a key block
+constexpr float kInf = INFINITY;
+
+// A tensor broadcast to [b, h, i, j], read through strides (0 where it repeats).
+struct View4 {
+  const char* data = nullptr;
+  int64_t stride[4] = {0, 0, 0, 0};  // in elements
+  int64_t index(int64_t b, int64_t h, int64_t r, int64_t c) const {
+    return b * stride[0] + h * stride[1] + r * stride[2] + c * stride[3];
+  }
+};
+
+View4 view4(const Tensor& t) {
+  View4 v;
+  if (!t.defined()) return v;
+  v.data = static_cast<const char*>(t.raw_data());
+  const int64_t lead = 4 - t.dim();
+  for (int64_t d = 0; d < t.dim(); ++d) v.stride[lead + d] = t.size(d) == 1 ? 0 : t.stride(d);
+  return v;
+}
+
+// Everything one call needs, shared by the forward and backward passes.
+struct Problem {
+  int64_t B = 0, H = 0, G = 0, I = 0, J = 0, D = 0, Dv = 0;
+  float scale = 1;
+  const float *q = nullptr, *k = nullptr, *v = nullptr;  // contiguous
+  Tensor mask_t, bias_t;                                 // kept alive for the views
+  View4 mask, bias;
+  bool has_mask = false, has_bias = false, causal = false;
+  int64_t offset = 0;        // J − I: query r sees keys c <= r + offset when causal
+  const float* F = nullptr;  // selective: [B, I, J], subtracted from every head
+  float dropout = 0;
+  Generator gen;  // seed and first block of this call's dropout numbers
+  uint64_t first_block = 0;
+
+  int64_t kv_head(int64_t h) const { return h % G; }
+  bool visible(int64_t b, int64_t h, int64_t r, int64_t c) const {
+    if (causal && c > r + offset) return false;
+    return !has_mask || reinterpret_cast<const bool*>(mask.data)[mask.index(b, h, r, c)];
+  }
+  // The dropout keep factor for weight (b, h, r, c): 0 or 1 / (1 − p).
+  float keep(int64_t b, int64_t h, int64_t r, int64_t c) const {
+    const uint64_t e = uint64_t(((b * H + h) * I + r) * J + c);
+    const float u = uniform_from_bits(gen.block(first_block + e / 4)[e % 4]);
+    return u >= dropout ? 1.0f / (1.0f - dropout) : 0.0f;
+  }
+};
+
+// Per-thread scratch for one tile.
+struct Tile {
+  std::vector<float> S, P, T, kT;  // logits, weights, a transposed tile, a transposed key block
+  explicit Tile(const Problem& p)
+      : S(size_t(kBlock * kBlock)), P(size_t(kBlock * kBlock)), T(size_t(kBlock * std::max(kBlock, std::max(p.D, p.Dv)))),
+        kT(size_t(std::max(p.D, p.Dv) * kBlock)) {}
+};
+
+// S[r - r0][c - c0] = scale q_r·k_c + bias − F (−∞ where not visible), rows
+// [r0, r1), keys [c0, c1). `with_F` = false gives the logits selective
+// attention computes its gate from.
+void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                 bool with_F) {
+  const kernels::Table& k = kernels::table();
+  const int64_t nr = r1 - r0, nc = c1 - c0;
+  const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
+  const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
+  for (int64_t c = 0; c < nc; ++c)  // Kᵀ block, so each logit row is a row-times-matrix product
+    for (int64_t d = 0; d < p.D; ++d) t.kT[size_t(d * nc + c)] = K[c * p.D + d];
+  k.gemm(Q, p.D, t.kT.data(), nc, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+  for (int64_t r = 0; r < nr; ++r) {
+    float* row = t.S.data() + r * nc;
+    for (int64_t c = 0; c < nc; ++c) {
+      if (!p.visible(b, h, r0 + r, c0 + c)) { row[c] = -kInf; continue; }
+      if (p.has_bias) row[c] += reinterpret_cast<const float*>(p.bias.data)[p.bias.index(b, h, r0 + r, c0 + c)];
+      if (with_F && p.F) row[c] -= p.F[(b * p.I + r0 + r) * p.J + c0 + c];
+    }
+  }
+}
+
+// The last key block a query block can see (causal skips the rest).
+int64_t key_end(const Problem& p, int64_t r1) {
+  return p.causal ? std::max<int64_t>(0, std::min(p.J, r1 - 1 + p.offset + 1)) : p.J;
+}
+
+// ---- forward ------------------------------------------------------------------------------
+// Writes out [B, H, I, Dv] and lse [B, H, I] (+∞ for rows with no visible key).
+void forward(const Problem& p, float* out, float* lse) {
+  const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
+  parallel_for(p.B * p.H * qblocks, kBlock * p.J * (p.D + p.Dv), [&](int64_t u0, int64_t u1) {
+    const kernels::Table& k = kernels::table();
+    Tile t(p);
+    std::vector<float> m(kBlock), l(kBlock);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / (p.H * qblocks), h = u / qblocks % p.H, r0 = u % qblocks * kBlock;
+      const int64_t r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
+      float* O = out + ((b * p.H + h) * p.I + r0) * p.Dv;
+      std::fill(O, O + nr * p.Dv, 0.0f);
+      std::fill(m.begin(), m.end(), -kInf);
+      std::fill(l.begin(), l.end(), 0.0f);
+      const int64_t cend = key_end(p, r1);
+      for (int64_t c0 = 0; c0 < cend; c0 += kBlock) {
+        const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
+        logits_tile(p, t, b, h, r0, r1, c0, c1, true);
+        for (int64_t r = 0; r < nr; ++r) {
+          float* s = t.S.data() + r * nc;
+          float* pr = t.P.data() + r * nc;
+          const float m_new = std::max(m[size_t(r)], k.max(s, nc));
+          if (m_new == -kInf) {  // nothing visible yet in this row
+            std::fill(pr, pr + nc, 0.0f);
+            continue;
+          }
+          const float alpha = std::exp(m[size_t(r)] - m_new);  // rescales what was summed so far
+          k.softmax_minus(s, m_new, 1.0f, 0.0f, pr, nc);       // exp(s − m_new)
+          float rowsum = 0;
+          for (int64_t c = 0; c < nc; ++c) rowsum += pr[c];
+          l[size_t(r)] = l[size_t(r)] * alpha + rowsum;
+          m[size_t(r)] = m_new;
+          if (alpha != 1.0f)
+            for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] *= alpha;
+          if (p.dropout > 0)
+            for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
+        }
+        const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
+        k.gemm(t.P.data(), nc, V, p.Dv, O, p.Dv, nr, p.Dv, nc, 1.0f, true);  // O += P V
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const float lr = l[size_t(r)];
+        for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] = lr > 0 ? O[r * p.Dv + d] / lr : 0.0f;
+        lse[(b * p.H + h) * p.I + r0 + r] = lr > 0 ? m[size_t(r)] + std::log(lr) : kInf;
+      }
+    }
+  });
+}
+
+// ---- selective attention: the gate and its running sum ----------------------------------------
+// G_rc = relu(S⁰_rc), 0 for c <= offset and c = r + offset; F_rc = Σ_{r' < r} G_r'c.
+void selective_gate(const Problem& p, float* G, float* F) {
+  const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
+  parallel_for(p.B * qblocks, kBlock * p.J * p.D, [&](int64_t u0, int64_t u1) {
+    Tile t(p);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / qblocks, r0 = u % qblocks * kBlock, r1 = std::min(p.I, r0 + kBlock);
+      for (int64_t c0 = 0; c0 < p.J; c0 += kBlock) {
+        const int64_t c1 = std::min(p.J, c0 + kBlock), nc = c1 - c0;
+        logits_tile(p, t, b, 0, r0, r1, c0, c1, false);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) {
+            const float s = t.S[size_t((r - r0) * nc + c - c0)];
+            const bool excluded = c <= p.offset || c == r + p.offset;
+            G[(b * p.I + r) * p.J + c] = excluded || !(s > 0) ? 0.0f : s;
+          }
+      }
+    }
+  });
+  parallel_for(p.B, p.I * p.J, [&](int64_t b0, int64_t b1) {  // exclusive running sum down the rows
+    for (int64_t b = b0; b < b1; ++b) {
+      float* Fb = F + b * p.I * p.J;
+      const float* Gb = G + b * p.I * p.J;
+      std::fill(Fb, Fb + p.J, 0.0f);
+      for (int64_t r = 1; r < p.I; ++r)
+        for (int64_t c = 0; c < p.J; ++c) Fb[r * p.J + c] = Fb[(r - 1) * p.J + c] + Gb[(r - 1) * p.J + c];
+    }
+  });
+}
+
+// ---- backward ------------------------------------------------------------------------------
+struct Grad {
+  const float *out, *lse, *dout;  // saved O and lse, incoming dO (contiguous)
+  std::vector<float> delta;       // Δ_r = Σ_d dO_rd O_rd, [B, H, I]
+  const float* dS0 = nullptr;     // selective: extra gradient of head 0's logits, [B, I, J]
+};
+
+// For one tile: P (with dropout: the dropped weights Pd in t.T), and dS = P ∘ (dP − Δ)
+// in t.S, where dP is taken through the dropout mask.
+void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, int64_t r0, int64_t r1, int64_t c0,
+               int64_t c1, std::vector<float>& Pd) {
+  const kernels::Table& k = kernels::table();
+  const int64_t nr = r1 - r0, nc = c1 - c0;
+  logits_tile(p, t, b, h, r0, r1, c0, c1, true);
+  const float* L = g.lse + (b * p.H + h) * p.I + r0;
+  for (int64_t r = 0; r < nr; ++r)
+    k.softmax_minus(t.S.data() + r * nc, L[r], 1.0f, 0.0f, t.P.data() + r * nc, nc);  // P = exp(S − lse)
+  // dP = dO Vᵀ
+  const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
+  for (int64_t c = 0; c < nc; ++c)
+    for (int64_t d = 0; d < p.Dv; ++d) t.kT[size_t(d * nc + c)] = V[c * p.Dv + d];
+  const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
+  k.gemm(dO, p.Dv, t.kT.data(), nc, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
+  const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t c = 0; c < nc; ++c) {
+      const size_t e = size_t(r * nc + c);
+      const float keep = p.dropout > 0 ? p.keep(b, h, r0 + r, c0 + c) : 1.0f;
+      Pd[e] = t.P[e] * keep;
+      float ds = t.P[e] * (t.S[e] * keep - delta[r]);
+      if (g.dS0 && h == 0) ds += g.dS0[(b * p.I + r0 + r) * p.J + c0 + c];
+      t.S[e] = ds;
+    }
+}
+
+// Pass A: dQ (and dbias), one unit per query block of the dims dbias does not repeat over.
+void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, const Shape& dbias_shape) {
+  const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
+  // dbias [Bb, Hb, I, J]: when bias is shared over batch (or heads), one unit
+  // loops over all of them so each dbias element has one writer.
+  const int64_t Bb = dbias ? dbias_shape[0] : p.B, Hb = dbias ? dbias_shape[1] : p.H;
+  parallel_for(Bb * Hb * qblocks, kBlock * p.J * (p.D + p.Dv) * (p.B / Bb) * (p.H / Hb), [&](int64_t u0, int64_t u1) {
+    const kernels::Table& k = kernels::table();
+    Tile t(p);
+    std::vector<float> Pd(size_t(kBlock * kBlock));
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t bb = u / (Hb * qblocks), hh = u / qblocks % Hb, r0 = u % qblocks * kBlock;
+      const int64_t r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0, cend = key_end(p, r1);
+      for (int64_t b = Bb == 1 ? 0 : bb; b < (Bb == 1 ? p.B : bb + 1); ++b)
+        for (int64_t h = Hb == 1 ? 0 : hh; h < (Hb == 1 ? p.H : hh + 1); ++h) {
+          float* dQ = dq + ((b * p.H + h) * p.I + r0) * p.D;
+          std::fill(dQ, dQ + nr * p.D, 0.0f);
+          for (int64_t c0 = 0; c0 < cend; c0 += kBlock) {
+            const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
+            grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+            const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
+            k.gemm(t.S.data(), nc, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            if (dbias)
+              for (int64_t r = 0; r < nr; ++r)
+                for (int64_t c = 0; c < nc; ++c)
+                  dbias[((bb * Hb + hh) * p.I + r0 + r) * p.J + c0 + c] += t.S[size_t(r * nc + c)];
+          }
+        }
+    }
+  });
+}
+
+// Pass B: dK and dV, one unit per (batch, kv head, key block); it loops over
+// the query heads that share the kv head and over all query blocks.
+void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
+  const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
+  parallel_for(p.B * p.G * kblocks, kBlock * p.I * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
+    const kernels::Table& k = kernels::table();
+    Tile t(p);
+    std::vector<float> Pd(size_t(kBlock * kBlock));
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / (p.G * kblocks), gk = u / kblocks % p.G, c0 = u % kblocks * kBlock;
+      const int64_t c1 = std::min(p.J, c0 + kBlock), nc = c1 - c0;
+      float* dK = dk + ((b * p.G + gk) * p.J + c0) * p.D;
+      float* dV = dv + ((b * p.G + gk) * p.J + c0) * p.Dv;
+      std::fill(dK, dK + nc * p.D, 0.0f);
+      std::fill(dV, dV + nc * p.Dv, 0.0f);
+      for (int64_t h = gk; h < p.H; h += p.G)
+        for (int64_t qb = 0; qb < qblocks; ++qb) {
+          const int64_t r0 = qb * kBlock, r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
+          if (key_end(p, r1) <= c0) continue;  // causal: this key block is invisible to these queries
+          grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+          const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
+          const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
+          for (int64_t r = 0; r < nr; ++r)  // Pdᵀ
+            for (int64_t c = 0; c < nc; ++c) t.T[size_t(c * nr + r)] = Pd[size_t(r * nc + c)];
+          k.gemm(t.T.data(), nr, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
+          for (int64_t r = 0; r < nr; ++r)  // dSᵀ
+            for (int64_t c = 0; c < nc; ++c) t.T[size_t(c * nr + r)] = t.S[size_t(r * nc + c)];
+          k.gemm(t.T.data(), nr, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);  // dK += scale dSᵀ Q
+        }
+    }
+  });
+}
+
+// Selective: dF = −Σ_h dS, then head 0's extra logit gradient
+// dS0_rc = [G_rc > 0] Σ_{r' > r} dF_r'c.
+std::vector<float> selective_backward(const Problem& p, const Grad& g, const float* G) {
+  const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
+  std::vector<float> dF(size_t(p.B * p.I * p.J), 0.0f);
+  parallel_for(p.B * qblocks, kBlock * p.J * p.H * (p.D + p.Dv), [&](int64_t u0, int64_t u1) {
+    Tile t(p);
+    std::vector<float> Pd(size_t(kBlock * kBlock));
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / qblocks, r0 = u % qblocks * kBlock, r1 = std::min(p.I, r0 + kBlock);
+      const int64_t cend = key_end(p, r1);
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t c0 = 0; c0 < cend; c0 += kBlock) {
+          const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
+          grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);  // g.dS0 is still null here
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t c = c0; c < c1; ++c) dF[size_t((b * p.I + r) * p.J + c)] -= t.S[size_t((r - r0) * nc + c - c0)];
+        }
+    }
+  });
+  std::vector<float> dS0(dF.size(), 0.0f);
+  parallel_for(p.B, p.I * p.J, [&](int64_t b0, int64_t b1) {
+    std::vector<float> suffix(size_t(p.J));
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(suffix.begin(), suffix.end(), 0.0f);  // Σ_{r' > r} dF_r'c, built from the last row up
+      for (int64_t r = p.I - 1; r >= 0; --r) {
+        const size_t row = size_t((b * p.I + r) * p.J);
+        for (int64_t c = 0; c < p.J; ++c) {
+          if (G[row + size_t(c)] > 0) dS0[row + size_t(c)] = suffix[size_t(c)];
+          suffix[size_t(c)] += dF[row + size_t(c)];
+        }
+      }
+    }
+  });
+  return dS0;
+}
+
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
+  const char* op = "attention";
+  LOOM_CHECK(q.defined() && k.defined() && v.defined(), op, ": q, k and v must be defined");
+  LOOM_CHECK(q.dtype() == kFloat32 && k.dtype() == kFloat32 && v.dtype() == kFloat32, op,
+             ": q, k and v must be float32");
+  LOOM_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op, ": q, k, v must be 4-D [b, h, n, d], got ", q.sizes(),
+             ", ", k.sizes(), ", ", v.sizes());
+  LOOM_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), op, ": batch sizes differ: q ", q.sizes(), ", k ",
+             k.sizes(), ", v ", v.sizes());
+  LOOM_CHECK(k.size(1) == v.size(1) && k.size(2) == v.size(2), op, ": k ", k.sizes(), " and v ", v.sizes(),
+             " must have the same heads and length");
+  LOOM_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, op, ": query heads (", q.size(1),
+             ") must be a multiple of key/value heads (", k.size(1), ")");
+  LOOM_CHECK(k.size(3) == q.size(3), op, ": q and k head dims differ: ", q.sizes(), " vs ", k.sizes());
+  const Shape full = {q.size(0), q.size(1), q.size(2), k.size(2)};
+  if (o.key_padding_mask.defined())
+    LOOM_CHECK(o.key_padding_mask.dtype() == kBool && o.key_padding_mask.sizes() == Shape({q.size(0), k.size(2)}), op,
+               ": key_padding_mask must be bool [b, j] = ", Shape({q.size(0), k.size(2)}), ", got ",
+               dtype_name(o.key_padding_mask.dtype()), " ", o.key_padding_mask.sizes());
+  if (o.attn_mask.defined()) {
+    LOOM_CHECK(o.attn_mask.dtype() == kBool, op, ": attn_mask must be bool (True = attend), got ",
+               dtype_name(o.attn_mask.dtype()));
+    LOOM_CHECK(o.attn_mask.dim() <= 4 && broadcast_shapes(op, o.attn_mask.sizes(), full) == full, op, ": attn_mask of shape ",
+               o.attn_mask.sizes(), " does not broadcast to [b, h, i, j] = ", full);
+  }
+  if (o.bias.defined()) {
+    LOOM_CHECK(o.bias.dtype() == kFloat32, op, ": bias must be float32, got ", dtype_name(o.bias.dtype()));
+    LOOM_CHECK(o.bias.dim() <= 4 && broadcast_shapes(op, o.bias.sizes(), full) == full, op, ": bias of shape ",
+               o.bias.sizes(), " does not broadcast to [b, h, i, j] = ", full);
+  }
+  LOOM_CHECK(!o.selective || o.causal, op, ": selective attention needs causal = true (as in x-transformers)");
+  LOOM_CHECK(o.dropout >= 0 && o.dropout < 1, op, ": dropout must be in [0, 1), got ", o.dropout);
+}
+
+// The weights exp(S − lse), [B, H, I, J] (only when asked for: b·h·i·j floats).
+void weights(const Problem& p, const float* lse, float* w) {
+  const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
+  parallel_for(p.B * p.H * qblocks, kBlock * p.J * p.D, [&](int64_t u0, int64_t u1) {
+    const kernels::Table& k = kernels::table();
+    Tile t(p);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / (p.H * qblocks), h = u / qblocks % p.H, r0 = u % qblocks * kBlock;
+      const int64_t r1 = std::min(p.I, r0 + kBlock);
+      for (int64_t c0 = 0; c0 < p.J; c0 += kBlock) {
+        const int64_t c1 = std::min(p.J, c0 + kBlock), nc = c1 - c0;
+        logits_tile(p, t, b, h, r0, r1, c0, c1, true);
+        for (int64_t r = r0; r < r1; ++r)
+          k.softmax_minus(t.S.data() + (r - r0) * nc, lse[(b * p.H + h) * p.I + r], 1.0f, 0.0f,
+                          w + ((b * p.H + h) * p.I + r) * p.J + c0, nc);
+      }
+    }
+  });
+}
+
+AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionOptions& o,
+                              bool want_weights) {
+  check_inputs(q_in, k_in, v_in, o);
+  auto p = std::make_shared<Problem>();
+  Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  p->B = q.size(0), p->H = q.size(1), p->I = q.size(2), p->D = q.size(3);
+  p->G = k.size(1), p->J = k.size(2), p->Dv = v.size(3);
+  p->scale = float(o.scale.value_or(1.0 / std::sqrt(double(p->D))));
+  p->q = q.data_ptr<float>(), p->k = k.data_ptr<float>(), p->v = v.data_ptr<float>();
+  p->causal = o.causal;
+  p->offset = p->J - p->I;
+  {
+    NoGradGuard no_grad;
+    Tensor mask;  // the two boolean masks combined, at their broadcast shape (not [b, h, i, j])
+    if (o.key_padding_mask.defined()) mask = o.key_padding_mask.view({p->B, 1, 1, p->J});
+    if (o.attn_mask.defined()) mask = mask.defined() ? logical_and(mask, o.attn_mask) : o.attn_mask;
+    if (mask.defined()) {
+      p->mask_t = mask, p->mask = view4(mask), p->has_mask = true;
+    }
+    if (o.bias.defined()) p->bias_t = o.bias.detach(), p->bias = view4(p->bias_t), p->has_bias = true;
+  }
+  if (o.dropout > 0) {
+    Generator& gen = o.generator ? *o.generator : default_generator();
+    p->dropout = float(o.dropout);
+    p->gen = Generator(gen.seed());
+    p->first_block = gen.advance(uint64_t(p->B * p->H * p->I * p->J + 3) / 4);
+  }
+  Tensor gate, F;
+  if (o.selective) {
+    gate = empty({p->B, p->I, p->J}), F = empty({p->B, p->I, p->J});
+    selective_gate(*p, gate.data_ptr<float>(), F.data_ptr<float>());
+    p->F = F.data_ptr<float>();
+  }
+  Tensor out = empty({p->B, p->H, p->I, p->Dv}), lse = empty({p->B, p->H, p->I});
+  forward(*p, out.data_ptr<float>(), lse.data_ptr<float>());
+
+  AttentionResult result;
+  result.out = out;
+  if (want_weights) {
+    result.weights = empty({p->B, p->H, p->I, p->J});
+    weights(*p, lse.data_ptr<float>(), result.weights.data_ptr<float>());
+  }
+  Tensor bias_in = o.bias;
+  Tensor saved_out = out.detach();
+  record("attention", {q_in, k_in, v_in, bias_in}, result.out,
+         [p, q, k, v, gate, F, lse, saved_out, bias_in](const Tensor& g_in) {
+           Tensor dout = g_in.contiguous();
+           Grad g;
+           g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();
+           g.delta.resize(size_t(p->B * p->H * p->I));
+           for (size_t r = 0; r < g.delta.size(); ++r) {
+             double s = 0;
+             for (int64_t d = 0; d < p->Dv; ++d) s += double(g.dout[int64_t(r) * p->Dv + d]) * g.out[int64_t(r) * p->Dv + d];
+             g.delta[r] = float(s);
+           }
+           std::vector<float> dS0;
+           if (gate.defined()) {
+             dS0 = selective_backward(*p, g, gate.data_ptr<float>());
+             g.dS0 = dS0.data();
+           }
+           Tensor dq = empty({p->B, p->H, p->I, p->D}), dk = empty({p->B, p->G, p->J, p->D}),
+                  dv = empty({p->B, p->G, p->J, p->Dv}), dbias;
+           Shape dbias_shape;
+           if (bias_in.defined() && bias_in.requires_grad()) {
+             // [Bb, Hb, I, J]; the autograd engine sums it down to the bias's own shape.
+             const int64_t lead = 4 - bias_in.dim();
+             auto dim_of = [&](int64_t d) { return d < lead ? int64_t(1) : bias_in.size(d - lead); };
+             dbias_shape = {dim_of(0) == 1 ? 1 : p->B, dim_of(1) == 1 ? 1 : p->H, p->I, p->J};
+             dbias = zeros(dbias_shape);
+           }
+           backward_queries(*p, g, dq.data_ptr<float>(), dbias.defined() ? dbias.data_ptr<float>() : nullptr,
+                            dbias_shape);
+           backward_keys(*p, g, dk.data_ptr<float>(), dv.data_ptr<float>());
+           return Grads{dq, dk, dv, dbias};
+         });
+  return result;
+}
+
+}  // namespace
+
+AttentionResult attention_with_weights(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const AttentionOptions& options) {
+  return run_attention(q, k, v, options, true);
+}
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options) {
+  return run_attention(q, k, v, options, false).out;
+}
+
+}  // namespace loom

@@ -1,0 +1,256 @@
+// The fused attention op against a naive one built from materialised ops
+// (scores, masked softmax, weights · v), forward and every gradient, for
+// every combination of mask, bias, selective, grouped heads and i < j.
+#include <omp.h>
+
+#include <cmath>
+#include <string>
+
+#include "helpers.h"
+
+using namespace loom;
+
+namespace {
+using Inputs = std::vector<Tensor>;
+
+// [0 % G, 1 % G, ..., (H-1) % G] as int64.
+Tensor remainder_heads(int64_t H, int64_t G) {
+  std::vector<int64_t> idx;
+  for (int64_t h = 0; h < H; ++h) idx.push_back(h % G);
+  return tensor(idx);
+}
+
+// The oracle: everything materialised, differentiated by autograd.
+Tensor naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& o) {
+  const int64_t B = q.size(0), H = q.size(1), I = q.size(2), J = k.size(2), G = k.size(1);
+  const double scale = o.scale.value_or(1.0 / std::sqrt(double(q.size(3))));
+  Tensor heads = remainder_heads(H, G);
+  Tensor kx = index_select(k, 1, heads), vx = index_select(v, 1, heads);  // query head h uses kv head h mod G
+  Tensor s = matmul(q, kx.transpose(-1, -2)) * float(scale);
+  if (o.bias.defined()) s = s + o.bias;
+  Tensor m = ones({1, 1, I, J}, kBool);
+  if (o.key_padding_mask.defined()) m = logical_and(m, o.key_padding_mask.view({B, 1, 1, J}));
+  if (o.attn_mask.defined()) m = logical_and(m, o.attn_mask);
+  if (o.causal) m = logical_and(m, tril(ones({I, J}, kBool), J - I));
+  m = m.expand({B, H, I, J});
+  if (o.selective) {
+    const int64_t offset = J - I;
+    Tensor col = arange(J).view({1, J}), row = arange(I).view({I, 1});
+    Tensor excluded = logical_or(le(col, scalar_tensor(double(offset), kInt64)), eq(col, row + offset));
+    Tensor gate = where(logical_and(m.select(1, 0), logical_not(excluded)), relu(s.select(1, 0)), scalar_tensor(0.0));
+    Tensor f = cumsum(gate, 1) - gate;  // Σ over earlier query rows
+    s = s - f.unsqueeze(1);
+  }
+  Tensor p = softmax(where(m, s, scalar_tensor(-1e30)), -1);
+  p = where(m, p, scalar_tensor(0.0));  // exact zeros, and zero rows where nothing is visible
+  return matmul(p, vx);
+}
+}  // namespace
+
+namespace {
+struct Case {
+  std::string mask, bias;
+  bool selective, grouped, shorter;
+};
+
+struct Made {
+  Tensor q, k, v;
+  AttentionOptions o;
+};
+
+Made make_case(const Case& c, uint64_t seed) {
+  Generator g(seed);
+  const int64_t B = 2, H = 4, G = c.grouped ? 2 : 4, I = c.shorter ? 37 : 70, J = 70, D = 16, Dv = 12;
+  Made m;
+  m.q = randn({B, H, I, D}, g).requires_grad_();
+  m.k = randn({B, G, J, D}, g).requires_grad_();
+  m.v = randn({B, G, J, Dv}, g).requires_grad_();
+  if (c.mask == "key_padding") {
+    // Sample 0 loses every third key; sample 1 loses all: its outputs must be 0.
+    std::vector<bool> keep;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < J; ++j) keep.push_back(b == 0 && j % 3 != 0);
+    m.o.key_padding_mask = tensor(keep).view({B, J});
+  } else if (c.mask == "full") {
+    Tensor full = lt(rand({B, H, I, J}, g), scalar_tensor(0.7));
+    full.select(0, 1).select(0, 2).select(0, 5).fill_(0);  // one row with nothing to attend to
+    m.o.attn_mask = full;
+  } else if (c.mask == "causal") {
+    m.o.causal = true;
+  }
+  if (c.bias == "shared") m.o.bias = randn({H, I, J}, g).requires_grad_();
+  if (c.bias == "per_batch") m.o.bias = randn({B, H, I, J}, g).requires_grad_();
+  m.o.selective = c.selective;
+  return m;
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (const char* mask : {"none", "key_padding", "full", "causal"})
+    for (const char* bias : {"none", "shared", "per_batch"})
+      for (bool selective : {false, true})
+        for (bool grouped : {false, true})
+          for (bool shorter : {false, true}) {
+            if (selective && std::string(mask) != "causal") continue;  // selective needs causal
+            cases.push_back({mask, bias, selective, grouped, shorter});
+          }
+  return cases;
+}
+
+std::vector<Tensor> grads_of(const Made& m, const Tensor& out, const Tensor& dout) {
+  for (const Tensor& t : {m.q, m.k, m.v, m.o.bias})
+    if (t.defined()) t.mutable_grad() = Tensor();
+  out.backward(dout);
+  std::vector<Tensor> g = {m.q.grad(), m.k.grad(), m.v.grad()};
+  if (m.o.bias.defined()) g.push_back(m.o.bias.grad());
+  return g;
+}
+
+std::vector<double> as_double(const Tensor& t) {
+  std::vector<double> v;
+  for (float x : t.to_vector<float>()) v.push_back(x);
+  return v;
+}
+}  // namespace
+
+TEST_CASE("fused attention equals the naive one, forward and every gradient, in every combination") {
+  std::vector<Case> cases = all_cases();
+  CHECK(cases.size() == 60);
+  uint64_t seed = 100;
+  for (const Case& c : cases) {
+    CAPTURE(c.mask);
+    CAPTURE(c.bias);
+    CAPTURE(c.selective);
+    CAPTURE(c.grouped);
+    CAPTURE(c.shorter);
+    Made m = make_case(c, seed++);
+    Tensor fused = attention(m.q, m.k, m.v, m.o);
+    Tensor naive = naive_attention(m.q, m.k, m.v, m.o);
+    REQUIRE(fused.sizes() == naive.sizes());
+    CHECK(close_or_same(fused.to_vector<float>(), as_double(naive), 1e-5, 1e-4));
+    Generator g(seed);
+    Tensor dout = randn(fused.sizes(), g);
+    std::vector<Tensor> gf = grads_of(m, fused, dout), gn = grads_of(m, naive, dout);
+    for (size_t i = 0; i < gf.size(); ++i) {
+      CAPTURE(i);  // 0 q, 1 k, 2 v, 3 bias
+      REQUIRE(gf[i].defined());
+      CHECK(gf[i].sizes() == gn[i].sizes());
+      CHECK(close_or_same(gf[i].to_vector<float>(), as_double(gn[i]), 1e-4, 1e-3));
+    }
+  }
+}
+
+TEST_CASE("a query with nothing to attend to gives zeros, never NaN") {
+  Made m = make_case({"key_padding", "shared", false, false, false}, 7);
+  Tensor out = attention(m.q, m.k, m.v, m.o);
+  std::vector<float> sample1 = out.select(0, 1).contiguous().to_vector<float>();
+  for (float x : sample1) REQUIRE(x == 0.0f);
+  out.sum().backward();
+  for (const Tensor& g : {m.q.grad(), m.k.grad(), m.v.grad(), m.o.bias.grad()})
+    for (float x : g.to_vector<float>()) REQUIRE(std::isfinite(x));
+  for (float x : m.q.grad().select(0, 1).contiguous().to_vector<float>()) REQUIRE(x == 0.0f);
+  // Causal with more queries than keys: the first queries see nothing.
+  Generator g(8);
+  Tensor q = randn({1, 1, 5, 4}, g), k = randn({1, 1, 3, 4}, g), v = randn({1, 1, 3, 4}, g);
+  AttentionOptions o;
+  o.causal = true;
+  Tensor early = attention(q, k, v, o).select(2, 0);  // query 0 sees keys c <= 0 + (3 - 5): none
+  CHECK(early.sum().item<float>() == 0.0f);
+}
+
+TEST_CASE("attention gradcheck on small shapes") {
+  for (const Case& c : {Case{"none", "shared", false, false, false}, Case{"causal", "per_batch", true, true, true},
+                        Case{"full", "per_batch", false, true, false}, Case{"key_padding", "none", false, false, true}}) {
+    CAPTURE(c.mask);
+    CAPTURE(c.selective);
+    Generator g(9);
+    AttentionOptions o;
+    o.causal = c.mask == "causal";
+    o.selective = c.selective;
+    const int64_t B = 1, H = 2, G = c.grouped ? 1 : 2, I = c.shorter ? 3 : 5, J = 5, D = 3;
+    if (c.mask == "key_padding") o.key_padding_mask = tensor(std::vector<bool>{true, false, true, true, false}).view({1, 5});
+    if (c.mask == "full") o.attn_mask = lt(rand({B, H, I, J}, g), scalar_tensor(0.7));
+    Inputs in = {randn({B, H, I, D}, g).requires_grad_(), randn({B, G, J, D}, g).requires_grad_(),
+                 randn({B, G, J, D}, g).requires_grad_()};
+    if (c.bias != "none") in.push_back(randn(c.bias == "shared" ? Shape{H, I, J} : Shape{B, H, I, J}, g).requires_grad_());
+    CHECK_GRADCHECK(
+        [o](const Inputs& x) {
+          AttentionOptions oo = o;
+          if (x.size() > 3) oo.bias = x[3];
+          return attention(x[0], x[1], x[2], oo);
+        },
+        in);
+  }
+}
+
+TEST_CASE("attention weights, dropout from the generator, strided inputs, scale") {
+  Generator g(10);
+  Tensor q = randn({2, 2, 9, 8}, g), k = randn({2, 2, 11, 8}, g), v = randn({2, 2, 11, 8}, g);
+  AttentionOptions o;
+  o.causal = true;
+  AttentionResult r = attention_with_weights(q, k, v, o);
+  REQUIRE(r.weights.sizes() == Shape{2, 2, 9, 11});
+  // Rows sum to 1 and matmul(weights, v) is the output.
+  for (float s : r.weights.sum({-1}).to_vector<float>()) CHECK(s == doctest::Approx(1.0).epsilon(1e-5));
+  CHECK(close_or_same(r.out.to_vector<float>(), as_double(matmul(r.weights, v)), 1e-5, 1e-4));
+  // A custom scale, and q from a [b, i, h, d] layout (a transposed view).
+  o.scale = 0.5;
+  Tensor q_bihd = randn({2, 9, 2, 8}, g);
+  CHECK(close_or_same(attention(q_bihd.transpose(1, 2), k, v, o).to_vector<float>(),
+                      as_double(naive_attention(q_bihd.transpose(1, 2), k, v, o)), 1e-5, 1e-4));
+  // Dropout: weight (b, h, r, c) is kept by the same Philox numbers dropout() uses for that element.
+  AttentionOptions d;
+  d.dropout = 0.25;
+  Generator g1(77), g2(77);
+  d.generator = &g1;
+  Tensor dropped = attention(q, k, v, d);
+  Tensor keep = dropout(ones({2, 2, 9, 11}), 0.25, true, &g2);
+  Tensor expected = matmul(attention_with_weights(q, k, v, {}).weights * keep, v);
+  CHECK(close_or_same(dropped.to_vector<float>(), as_double(expected), 1e-5, 1e-4));
+  // ...and its gradient is right (a fresh generator per call gives the same mask).
+  CHECK_GRADCHECK(
+      [](const Inputs& x) {
+        Generator gen(5);
+        AttentionOptions od;
+        od.dropout = 0.3;
+        od.generator = &gen;
+        return attention(x[0], x[1], x[2], od);
+      },
+      {randn({1, 2, 4, 3}, g).requires_grad_(), randn({1, 2, 5, 3}, g).requires_grad_(), randn({1, 2, 5, 3}, g).requires_grad_()});
+}
+
+TEST_CASE("attention gives the same bits for 1 and 2 threads") {
+  Made m = make_case({"causal", "shared", true, true, false}, 11);
+  std::vector<std::vector<float>> runs;
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    Tensor out = attention(m.q, m.k, m.v, m.o);
+    std::vector<float> all = out.to_vector<float>();
+    for (const Tensor& gr : grads_of(m, out, ones_like(out))) {
+      auto x = gr.to_vector<float>();
+      all.insert(all.end(), x.begin(), x.end());
+    }
+    runs.push_back(all);
+  }
+  CHECK(runs[0] == runs[1]);
+}
+
+TEST_CASE("attention errors name the shapes") {
+  Tensor q = ones({1, 4, 3, 8}), k = ones({1, 3, 5, 8}), v = ones({1, 2, 5, 8});
+  CHECK_THROWS_WITH_AS(attention(q, k, k), "attention: query heads (4) must be a multiple of key/value heads (3)", Error);
+  CHECK_THROWS_WITH_AS(attention(q, v, ones({1, 2, 4, 8})), doctest::Contains("must have the same heads and length"), Error);
+  AttentionOptions o;
+  o.selective = true;
+  CHECK_THROWS_WITH_AS(attention(q, v, v, o), "attention: selective attention needs causal = true (as in x-transformers)",
+                       Error);
+  AttentionOptions m;
+  m.key_padding_mask = ones({1, 4}, kBool);
+  CHECK_THROWS_WITH_AS(attention(q, v, v, m), "attention: key_padding_mask must be bool [b, j] = [1, 5], got bool [1, 4]",
+                       Error);
+  AttentionOptions b;
+  b.bias = ones({2, 3, 5});
+  CHECK_THROWS_WITH_AS(attention(q, v, v, b), doctest::Contains("attention: shapes [2, 3, 5] and [1, 4, 3, 5]"), Error);
+  AttentionOptions f;
+  f.attn_mask = ones({3, 5});
+  CHECK_THROWS_WITH_AS(attention(q, v, v, f), "attention: attn_mask must be bool (True = attend), got float32", Error);
+}
