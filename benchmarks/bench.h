@@ -60,5 +60,6 @@ struct Suite {
 
 // The suites (one file each).
 void ops_suite(Reporter& r);
+void attention_suite(Reporter& r);
 
 }  // namespace loom::bench

@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   using namespace loom::bench;
   const Suite suites[] = {
       {"ops", "elementwise, reductions, matmul, linear, softmax, layer_norm, cross_entropy", ops_suite},
+      {"attention", "fused attention against the naive one: time, GFLOP/s, peak memory, seq 256..4096", attention_suite},
   };
   std::string suite, filter;
   bool table = false;

@@ -1,5 +1,6 @@
 #include <loom/core/storage.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -46,7 +47,20 @@ bool give_back(void* p, size_t capacity) {
   return true;
 }
 
+std::atomic<int64_t> live_bytes{0}, peak_bytes{0};
+
+void count_allocation(int64_t bytes) {
+  int64_t now = live_bytes += bytes;
+  int64_t peak = peak_bytes.load();
+  while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {
+  }
+}
+
 }  // namespace
+
+int64_t memory_allocated() { return live_bytes.load(); }
+int64_t max_memory_allocated() { return peak_bytes.load(); }
+void reset_peak_memory_stats() { peak_bytes.store(live_bytes.load()); }
 
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   // aligned_alloc wants a size that is a multiple of the alignment; never 0.
@@ -56,9 +70,11 @@ Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   if (rounded >= kCacheMinBlock) data_ = take_cached(rounded, capacity_);
   if (!data_) data_ = std::aligned_alloc(kAlignment, rounded);
   if (!data_) throw std::bad_alloc();
+  count_allocation(int64_t(nbytes_));
 }
 
 Storage::~Storage() {
+  live_bytes -= int64_t(nbytes_);
   if (capacity_ >= kCacheMinBlock && give_back(data_, capacity_)) return;
   std::free(data_);
 }

@@ -34,4 +34,10 @@ size_t cached_bytes();
 // Returns every kept block to the system (like torch.cuda.empty_cache()).
 void empty_cache();
 
+// Bytes held by live tensors now, and the most held since the last reset
+// (torch.cuda.memory_allocated / max_memory_allocated / reset_peak_memory_stats).
+int64_t memory_allocated();
+int64_t max_memory_allocated();
+void reset_peak_memory_stats();
+
 }  // namespace loom

@@ -67,6 +67,7 @@ struct Problem {
   int64_t B = 0, H = 0, G = 0, I = 0, J = 0, D = 0, Dv = 0;
   float scale = 1;
   const float *q = nullptr, *k = nullptr, *v = nullptr;  // contiguous
+  const float *kT = nullptr, *vT = nullptr;  // k and v transposed once per call: [B, G, D, J], [B, G, Dv, J]
   Tensor mask_t, bias_t;                                 // kept alive for the views
   View4 mask, bias;
   bool has_mask = false, has_bias = false, causal = false;
@@ -77,10 +78,6 @@ struct Problem {
   uint64_t first_block = 0;
 
   int64_t kv_head(int64_t h) const { return h % G; }
-  bool visible(int64_t b, int64_t h, int64_t r, int64_t c) const {
-    if (causal && c > r + offset) return false;
-    return !has_mask || reinterpret_cast<const bool*>(mask.data)[mask.index(b, h, r, c)];
-  }
   // The dropout keep factor for weight (b, h, r, c): 0 or 1 / (1 − p).
   float keep(int64_t b, int64_t h, int64_t r, int64_t c) const {
     const uint64_t e = uint64_t(((b * H + h) * I + r) * J + c);
@@ -89,12 +86,10 @@ struct Problem {
   }
 };
 
-// Per-thread scratch for one tile.
+// Per-thread scratch for one tile: logits (later dS) and weights.
 struct Tile {
-  std::vector<float> S, P, T, kT;  // logits, weights, a transposed tile, a transposed key block
-  explicit Tile(const Problem& p)
-      : S(size_t(kBlock * kBlock)), P(size_t(kBlock * kBlock)), T(size_t(kBlock * std::max(kBlock, std::max(p.D, p.Dv)))),
-        kT(size_t(std::max(p.D, p.Dv) * kBlock)) {}
+  std::vector<float> S, P;
+  Tile() : S(size_t(kBlock * kBlock)), P(size_t(kBlock * kBlock)) {}
 };
 
 // S[r - r0][c - c0] = scale q_r·k_c + bias − F (−∞ where not visible), rows
@@ -105,16 +100,25 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
   const kernels::Table& k = kernels::table();
   const int64_t nr = r1 - r0, nc = c1 - c0;
   const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-  const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
-  for (int64_t c = 0; c < nc; ++c)  // Kᵀ block, so each logit row is a row-times-matrix product
-    for (int64_t d = 0; d < p.D; ++d) t.kT[size_t(d * nc + c)] = K[c * p.D + d];
-  k.gemm(Q, p.D, t.kT.data(), nc, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+  const float* KT = p.kT + (b * p.G + p.kv_head(h)) * p.D * p.J + c0;  // columns c0.. of Kᵀ
+  k.gemm(Q, p.D, 1, KT, p.J, t.S.data(), nc, nr, nc, p.D, p.scale, false);
   for (int64_t r = 0; r < nr; ++r) {
     float* row = t.S.data() + r * nc;
-    for (int64_t c = 0; c < nc; ++c) {
-      if (!p.visible(b, h, r0 + r, c0 + c)) { row[c] = -kInf; continue; }
-      if (p.has_bias) row[c] += reinterpret_cast<const float*>(p.bias.data)[p.bias.index(b, h, r0 + r, c0 + c)];
-      if (with_F && p.F) row[c] -= p.F[(b * p.I + r0 + r) * p.J + c0 + c];
+    const int64_t R = r0 + r;
+    if (p.causal)  // keys after R + offset are in the future
+      for (int64_t c = std::max<int64_t>(0, R + p.offset + 1 - c0); c < nc; ++c) row[c] = -kInf;
+    if (p.has_mask) {
+      const bool* m = reinterpret_cast<const bool*>(p.mask.data) + p.mask.index(b, h, R, c0);
+      for (int64_t c = 0; c < nc; ++c)
+        if (!m[c * p.mask.stride[3]]) row[c] = -kInf;
+    }
+    if (p.has_bias) {  // −∞ + bias stays −∞
+      const float* z = reinterpret_cast<const float*>(p.bias.data) + p.bias.index(b, h, R, c0);
+      for (int64_t c = 0; c < nc; ++c) row[c] += z[c * p.bias.stride[3]];
+    }
+    if (with_F && p.F) {
+      const float* f = p.F + (b * p.I + R) * p.J + c0;
+      for (int64_t c = 0; c < nc; ++c) row[c] -= f[c];
     }
   }
 }
@@ -130,7 +134,7 @@ void forward(const Problem& p, float* out, float* lse) {
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.H * qblocks, kBlock * p.J * (p.D + p.Dv), [&](int64_t u0, int64_t u1) {
     const kernels::Table& k = kernels::table();
-    Tile t(p);
+    Tile t;
     std::vector<float> m(kBlock), l(kBlock);
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / (p.H * qblocks), h = u / qblocks % p.H, r0 = u % qblocks * kBlock;
@@ -163,7 +167,7 @@ void forward(const Problem& p, float* out, float* lse) {
             for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
         }
         const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
-        k.gemm(t.P.data(), nc, V, p.Dv, O, p.Dv, nr, p.Dv, nc, 1.0f, true);  // O += P V
+        k.gemm(t.P.data(), nc, 1, V, p.Dv, O, p.Dv, nr, p.Dv, nc, 1.0f, true);  // O += P V
       }
       for (int64_t r = 0; r < nr; ++r) {
         const float lr = l[size_t(r)];
@@ -179,7 +183,7 @@ void forward(const Problem& p, float* out, float* lse) {
 void selective_gate(const Problem& p, float* G, float* F) {
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * qblocks, kBlock * p.J * p.D, [&](int64_t u0, int64_t u1) {
-    Tile t(p);
+    Tile t;
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / qblocks, r0 = u % qblocks * kBlock, r1 = std::min(p.I, r0 + kBlock);
       for (int64_t c0 = 0; c0 < p.J; c0 += kBlock) {
@@ -223,11 +227,9 @@ void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, i
   for (int64_t r = 0; r < nr; ++r)
     k.softmax_minus(t.S.data() + r * nc, L[r], 1.0f, 0.0f, t.P.data() + r * nc, nc);  // P = exp(S − lse)
   // dP = dO Vᵀ
-  const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
-  for (int64_t c = 0; c < nc; ++c)
-    for (int64_t d = 0; d < p.Dv; ++d) t.kT[size_t(d * nc + c)] = V[c * p.Dv + d];
+  const float* VT = p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.J + c0;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
-  k.gemm(dO, p.Dv, t.kT.data(), nc, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
+  k.gemm(dO, p.Dv, 1, VT, p.J, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
   for (int64_t r = 0; r < nr; ++r)
     for (int64_t c = 0; c < nc; ++c) {
@@ -248,7 +250,7 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
   const int64_t Bb = dbias ? dbias_shape[0] : p.B, Hb = dbias ? dbias_shape[1] : p.H;
   parallel_for(Bb * Hb * qblocks, kBlock * p.J * (p.D + p.Dv) * (p.B / Bb) * (p.H / Hb), [&](int64_t u0, int64_t u1) {
     const kernels::Table& k = kernels::table();
-    Tile t(p);
+    Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t bb = u / (Hb * qblocks), hh = u / qblocks % Hb, r0 = u % qblocks * kBlock;
@@ -261,7 +263,7 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
             const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
             grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
             const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
-            k.gemm(t.S.data(), nc, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            k.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -278,7 +280,7 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
   const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.G * kblocks, kBlock * p.I * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
     const kernels::Table& k = kernels::table();
-    Tile t(p);
+    Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / (p.G * kblocks), gk = u / kblocks % p.G, c0 = u % kblocks * kBlock;
@@ -294,12 +296,9 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
           grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
           const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
           const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-          for (int64_t r = 0; r < nr; ++r)  // Pdᵀ
-            for (int64_t c = 0; c < nc; ++c) t.T[size_t(c * nr + r)] = Pd[size_t(r * nc + c)];
-          k.gemm(t.T.data(), nr, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
-          for (int64_t r = 0; r < nr; ++r)  // dSᵀ
-            for (int64_t c = 0; c < nc; ++c) t.T[size_t(c * nr + r)] = t.S[size_t(r * nc + c)];
-          k.gemm(t.T.data(), nr, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);  // dK += scale dSᵀ Q
+          // The transposed tiles are read through strides (row step 1, column step nc).
+          k.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);       // dV += Pdᵀ dO
+          k.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);       // dK += scale dSᵀ Q
         }
     }
   });
@@ -311,7 +310,7 @@ std::vector<float> selective_backward(const Problem& p, const Grad& g, const flo
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   std::vector<float> dF(size_t(p.B * p.I * p.J), 0.0f);
   parallel_for(p.B * qblocks, kBlock * p.J * p.H * (p.D + p.Dv), [&](int64_t u0, int64_t u1) {
-    Tile t(p);
+    Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / qblocks, r0 = u % qblocks * kBlock, r1 = std::min(p.I, r0 + kBlock);
@@ -381,7 +380,7 @@ void weights(const Problem& p, const float* lse, float* w) {
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.H * qblocks, kBlock * p.J * p.D, [&](int64_t u0, int64_t u1) {
     const kernels::Table& k = kernels::table();
-    Tile t(p);
+    Tile t;
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / (p.H * qblocks), h = u / qblocks % p.H, r0 = u % qblocks * kBlock;
       const int64_t r1 = std::min(p.I, r0 + kBlock);
@@ -405,6 +404,12 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   p->G = k.size(1), p->J = k.size(2), p->Dv = v.size(3);
   p->scale = float(o.scale.value_or(1.0 / std::sqrt(double(p->D))));
   p->q = q.data_ptr<float>(), p->k = k.data_ptr<float>(), p->v = v.data_ptr<float>();
+  Tensor kT, vT;  // transposed once, so tiles read Kᵀ and Vᵀ rows directly
+  {
+    NoGradGuard no_grad;
+    kT = k.detach().transpose(2, 3).contiguous(), vT = v.detach().transpose(2, 3).contiguous();
+  }
+  p->kT = kT.data_ptr<float>(), p->vT = vT.data_ptr<float>();
   p->causal = o.causal;
   p->offset = p->J - p->I;
   {
@@ -441,7 +446,7 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   Tensor bias_in = o.bias;
   Tensor saved_out = out.detach();
   record("attention", {q_in, k_in, v_in, bias_in}, result.out,
-         [p, q, k, v, gate, F, lse, saved_out, bias_in](const Tensor& g_in) {
+         [p, q, k, v, kT, vT, gate, F, lse, saved_out, bias_in](const Tensor& g_in) {
            Tensor dout = g_in.contiguous();
            Grad g;
            g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();

@@ -14,7 +14,8 @@ namespace loom {
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index = -100,
                      double label_smoothing = 0.0, const std::string& reduction = "mean");
 
-// torch.nn.functional.mse_loss: (input - target)², reduced ("mean", "sum", "none").
+// torch.nn.functional.mse_loss: (input - target)², the two broadcast to each
+// other, reduced ("mean", "sum" or "none"). Both float32.
 Tensor mse_loss(const Tensor& input, const Tensor& target, const std::string& reduction = "mean");
 
 }  // namespace loom

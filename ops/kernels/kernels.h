@@ -60,11 +60,12 @@ struct Table {
   // dw += g * x̂ and db += g (db may be null) for one row segment.
   void (*norm_param_grads)(const float* x, const float* g, float mean, float rstd, float* dw, float* db, int64_t n);
 
-  // A small matrix product inside an attention tile, all row-major:
+  // A small matrix product inside an attention tile:
   //   C[m, n] = alpha * A[m, k] · B[k, n]   (+ C when accumulate)
-  // with row strides lda, ldb, ldc.
-  void (*gemm)(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t m, int64_t n,
-               int64_t k, float alpha, bool accumulate);
+  // A(r, t) is A[r * a_rs + t * a_cs], so a transposed A costs nothing; B and
+  // C are row-major with row strides ldb and ldc.
+  void (*gemm)(const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C, int64_t ldc,
+               int64_t m, int64_t n, int64_t k, float alpha, bool accumulate);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by

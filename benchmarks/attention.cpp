@@ -1,0 +1,67 @@
+// The `attention` suite: the fused op against the naive materialised one
+// (tests/attention_reference.h) at b = 1, h = 8, d = 64, sequence 256 to 4096,
+// four variants: plain, key-padding mask, (h, i, j) bias, selective (causal).
+//   fwd_ms, fwdbwd_ms          time, against the naive op
+//   fwd_gflops                 4·b·h·i·j·d / forward time (the two products)
+//   fwd_peak_extra_bytes       peak tensor memory during the forward above
+//                              what existed before, against the naive op
+#include <string>
+
+#include <loom/loom.h>
+
+#include "../tests/attention_reference.h"
+#include "bench.h"
+
+namespace loom::bench {
+
+namespace {
+
+struct Variant {
+  const char* name;
+  bool mask, bias, selective;
+};
+
+// Peak extra tensor bytes while f runs.
+int64_t peak_extra(const std::function<void()>& f) {
+  const int64_t before = memory_allocated();
+  reset_peak_memory_stats();
+  f();
+  return max_memory_allocated() - before;
+}
+
+}  // namespace
+
+void attention_suite(Reporter& rep) {
+  manual_seed(0);
+  const int64_t B = 1, H = 8, D = 64;
+  for (int64_t n : {256, 512, 1024, 2048, 4096}) {
+    for (const Variant& var : {Variant{"plain", false, false, false}, Variant{"mask", true, false, false},
+                               Variant{"bias", false, true, false}, Variant{"selective", false, false, true}}) {
+      const std::string name = "seq" + std::to_string(n) + "_" + var.name;
+      if (!rep.wants(name)) continue;
+      Tensor q = randn({B, H, n, D}).requires_grad_(), k = randn({B, H, n, D}).requires_grad_(),
+             v = randn({B, H, n, D}).requires_grad_();
+      AttentionOptions o;
+      if (var.mask) o.key_padding_mask = lt(arange(n), scalar_tensor(double(n - n / 8), kInt64)).view({1, n});
+      if (var.bias) o.bias = (randn({H, n, n}) * 0.1f).requires_grad_();
+      o.causal = o.selective = var.selective;
+      const int repeat = n >= 2048 ? 2 : rep.repeat();
+      const Tensor dout = randn({B, H, n, D});
+      auto fused_fwd = [&] { NoGradGuard g; attention(q, k, v, o); };
+      auto naive_fwd = [&] { NoGradGuard g; reference::naive_attention(q, k, v, o); };
+      auto fused_fwdbwd = [&] { attention(q, k, v, o).backward(dout); };
+      auto naive_fwdbwd = [&] { reference::naive_attention(q, k, v, o).backward(dout); };
+      const double fwd = time_ms(fused_fwd, repeat), naive_f = time_ms(naive_fwd, repeat);
+      rep.add({"", name, "fwd_ms", "ms", "naive", fwd, naive_f, false});
+      rep.add({"", name, "fwd_gflops", "GFLOP/s", "naive", 4.0 * B * H * n * n * D / (fwd * 1e6),
+               4.0 * B * H * n * n * D / (naive_f * 1e6), true});
+      rep.add({"", name, "fwd_peak_extra_bytes", "bytes", "naive", double(peak_extra(fused_fwd)),
+               double(peak_extra(naive_fwd)), false});
+      const double both = time_ms(fused_fwdbwd, repeat);
+      const double naive_both = n >= 4096 ? time_ms(naive_fwdbwd, 1) : time_ms(naive_fwdbwd, repeat);
+      rep.add({"", name, "fwdbwd_ms", "ms", "naive", both, naive_both, false});
+    }
+  }
+}
+
+}  // namespace loom::bench
