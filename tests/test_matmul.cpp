@@ -1,6 +1,8 @@
 // matmul and linear through oneDNN, against a double-precision reference.
 #include "helpers.h"
 
+#include <omp.h>
+
 using namespace loom;
 
 namespace {
@@ -102,4 +104,33 @@ TEST_CASE("matmul and linear errors") {
   CHECK_THROWS_WITH_AS(linear(ones({2, 3}), ones({3})),
                        "linear: weight must be 2-D [out_features, in_features], got [3]", Error);
   CHECK_THROWS_WITH_AS(matmul(scalar_tensor(1.0), ones({2})), doctest::Contains("at least 1 dimension"), Error);
+}
+
+TEST_CASE("matmul and linear give the same bits for 1 and 2 threads") {
+  // oneDNN left to itself may split the k sum between threads; loom cuts the
+  // output into fixed strips instead, so the sums never depend on threads.
+  const int saved_threads = omp_get_max_threads();
+  Generator g(44);
+  // Tall (cut by rows), wide (cut by columns) and batched, with sizes that
+  // are not multiples of the strip; k large enough to tempt a k split.
+  Tensor a = randn({600, 1500}, g), b = randn({1500, 70}, g);
+  Tensor c = randn({70, 1500}, g), d = randn({1500, 530}, g);
+  Tensor e = randn({3, 300, 400}, g), f = randn({3, 400, 90}, g);
+  Tensor w = randn({300, 1500}, g), bias = randn({300}, g);
+  // Small output, long sum: left alone, oneDNN splits k between 2 threads here.
+  Tensor h = randn({16, 50000}, g), l = randn({50000, 16}, g);
+  std::vector<std::vector<float>> runs;
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    std::vector<float> all;
+    for (const Tensor& t : {matmul(a, b), matmul(c, d), matmul(e, f), linear(a, w, bias), matmul(h, l)}) {
+      auto v = t.to_vector<float>();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    runs.push_back(all);
+  }
+  omp_set_num_threads(saved_threads);
+  CHECK(runs[0] == runs[1]);
+  // And the strips agree with the unsplit reference.
+  CHECK(close_or_same(matmul(e, f).to_vector<float>(), bmm_ref(e, f), 1e-3, 1e-4));
 }
