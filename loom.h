@@ -8,3 +8,6 @@
 #include <loom/core/gradcheck.h>
 #include <loom/core/tensor.h>
 #include <loom/ops/ops.h>
+#include <loom/nn/embedding.h>
+#include <loom/nn/module.h>
+#include <loom/nn/positional.h>
