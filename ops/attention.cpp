@@ -27,6 +27,8 @@
 // only: 2 · b · i · j floats (at b = 1, i = j = 2048: 32 MiB). Its backward
 // adds one more pass over all heads to collect dF, then
 // dG_rc = Σ_{r' > r} dF_r'c, and head 0's logits receive dG where G > 0.
+#include <omp.h>
+
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -107,14 +109,23 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
     const int64_t R = r0 + r;
     if (p.causal)  // keys after R + offset are in the future
       for (int64_t c = std::max<int64_t>(0, R + p.offset + 1 - c0); c < nc; ++c) row[c] = -kInf;
+    // Masks and biases are read through strides; the unit-stride loops are
+    // separate so the compiler vectorises them (branch-free selects).
     if (p.has_mask) {
       const bool* m = reinterpret_cast<const bool*>(p.mask.data) + p.mask.index(b, h, R, c0);
-      for (int64_t c = 0; c < nc; ++c)
-        if (!m[c * p.mask.stride[3]]) row[c] = -kInf;
+      const int64_t ms = p.mask.stride[3];
+      if (ms == 1)
+        for (int64_t c = 0; c < nc; ++c) row[c] = m[c] ? row[c] : -kInf;
+      else
+        for (int64_t c = 0; c < nc; ++c) row[c] = m[c * ms] ? row[c] : -kInf;
     }
     if (p.has_bias) {  // −∞ + bias stays −∞
       const float* z = reinterpret_cast<const float*>(p.bias.data) + p.bias.index(b, h, R, c0);
-      for (int64_t c = 0; c < nc; ++c) row[c] += z[c * p.bias.stride[3]];
+      const int64_t zs = p.bias.stride[3];
+      if (zs == 1)
+        for (int64_t c = 0; c < nc; ++c) row[c] += z[c];
+      else
+        for (int64_t c = 0; c < nc; ++c) row[c] += z[c * zs];
     }
     if (with_F && p.F) {
       const float* f = p.F + (b * p.I + R) * p.J + c0;
@@ -304,6 +315,51 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
   });
 }
 
+// One pass for everything: one unit per (batch, kv head) owns dK and dV of
+// that kv head and dQ (and dbias) of the query heads that use it, so each
+// tile is recomputed once instead of twice. Every output element receives
+// its terms in the same order as in passes A and B (dQ by ascending key
+// block; dK and dV by head, then query block), so both paths give the same
+// bits. Used when there are enough units to keep the threads busy and no
+// dbias element is shared between units.
+void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float* dv, float* dbias) {
+  const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
+  parallel_for(p.B * p.G, p.I * p.J * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
+    const kernels::Table& k = kernels::table();
+    Tile t;
+    std::vector<float> Pd(size_t(kBlock * kBlock));
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / p.G, gk = u % p.G;
+      std::fill(dk + (b * p.G + gk) * p.J * p.D, dk + (b * p.G + gk + 1) * p.J * p.D, 0.0f);
+      std::fill(dv + (b * p.G + gk) * p.J * p.Dv, dv + (b * p.G + gk + 1) * p.J * p.Dv, 0.0f);
+      for (int64_t h = gk; h < p.H; h += p.G)
+        std::fill(dq + (b * p.H + h) * p.I * p.D, dq + (b * p.H + h + 1) * p.I * p.D, 0.0f);
+      for (int64_t kb = 0; kb < kblocks; ++kb) {
+        const int64_t c0 = kb * kBlock, c1 = std::min(p.J, c0 + kBlock), nc = c1 - c0;
+        float* dK = dk + ((b * p.G + gk) * p.J + c0) * p.D;
+        float* dV = dv + ((b * p.G + gk) * p.J + c0) * p.Dv;
+        const float* K = p.k + ((b * p.G + gk) * p.J + c0) * p.D;
+        for (int64_t h = gk; h < p.H; h += p.G)
+          for (int64_t qb = 0; qb < qblocks; ++qb) {
+            const int64_t r0 = qb * kBlock, r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
+            if (key_end(p, r1) <= c0) continue;  // causal: this key block is invisible to these queries
+            grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+            const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
+            const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
+            k.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
+            k.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);  // dK += scale dSᵀ Q
+            float* dQ = dq + ((b * p.H + h) * p.I + r0) * p.D;
+            k.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            if (dbias)
+              for (int64_t r = 0; r < nr; ++r)
+                for (int64_t c = 0; c < nc; ++c)
+                  dbias[((b * p.H + h) * p.I + r0 + r) * p.J + c0 + c] += t.S[size_t(r * nc + c)];
+          }
+      }
+    }
+  });
+}
+
 // Selective: dF = −Σ_h dS, then head 0's extra logit gradient
 // dS0_rc = [G_rc > 0] Σ_{r' > r} dF_r'c.
 std::vector<float> selective_backward(const Problem& p, const Grad& g, const float* G) {
@@ -471,9 +527,14 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
              dbias_shape = {dim_of(0) == 1 ? 1 : p->B, dim_of(1) == 1 ? 1 : p->H, p->I, p->J};
              dbias = zeros(dbias_shape);
            }
-           backward_queries(*p, g, dq.data_ptr<float>(), dbias.defined() ? dbias.data_ptr<float>() : nullptr,
-                            dbias_shape);
-           backward_keys(*p, g, dk.data_ptr<float>(), dv.data_ptr<float>());
+           float* db = dbias.defined() ? dbias.data_ptr<float>() : nullptr;
+           const bool unshared_dbias = !db || (dbias_shape[0] == p->B && dbias_shape[1] == p->H);
+           if (unshared_dbias && p->B * p->G >= 2 * int64_t(omp_get_max_threads())) {
+             backward_fused(*p, g, dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), db);
+           } else {
+             backward_queries(*p, g, dq.data_ptr<float>(), db, dbias_shape);
+             backward_keys(*p, g, dk.data_ptr<float>(), dv.data_ptr<float>());
+           }
            return Grads{dq, dk, dv, dbias};
          });
   return result;

@@ -11,6 +11,7 @@ packages=(
   libxsimd-dev        # xsimd: SIMD kernels with run-time dispatch
   doctest-dev         # tests
   nlohmann-json3-dev  # JSON configs
+  zlib1g-dev          # PNG pictures (deflate and crc32)
 )
 
 missing=()
