@@ -12,3 +12,7 @@
 #include <loom/nn/embedding.h>
 #include <loom/nn/module.h>
 #include <loom/nn/positional.h>
+#include <loom/nn/layers.h>
+#include <loom/nn/attention.h>
+#include <loom/nn/transformer.h>
+#include <loom/models/transformer_wrapper.h>

@@ -74,4 +74,23 @@ class Module {
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
 };
 
+// A list of submodules named "0", "1", ... like torch.nn.ModuleList. An
+// empty slot (nullptr) keeps its index but registers nothing, as PyTorch does
+// for None, so the names of the others match x-transformers' state dicts.
+class ModuleList : public Module {
+ public:
+  void append(std::shared_ptr<Module> m) {
+    if (m) register_module(std::to_string(items_.size()), m);
+    items_.push_back(std::move(m));
+  }
+  size_t size() const { return items_.size(); }
+  const std::shared_ptr<Module>& operator[](size_t i) const { return items_.at(i); }
+  // The slot as its concrete type (nullptr for an empty slot).
+  template <class M>
+  std::shared_ptr<M> get(size_t i) const { return std::dynamic_pointer_cast<M>(items_.at(i)); }
+
+ private:
+  std::vector<std::shared_ptr<Module>> items_;
+};
+
 }  // namespace loom::nn
