@@ -7,6 +7,7 @@
 #include <loom/core/generator.h>
 #include <loom/core/gradcheck.h>
 #include <loom/core/png.h>
+#include <loom/core/safetensors.h>
 #include <loom/core/tensor.h>
 #include <loom/ops/ops.h>
 #include <loom/nn/embedding.h>

@@ -1,5 +1,8 @@
 #include <loom/nn/module.h>
 
+#include <algorithm>
+
+#include <loom/core/autograd.h>
 #include <loom/core/error.h>
 
 namespace loom::nn {
@@ -42,17 +45,20 @@ void Module::add_module(const std::string& name, std::shared_ptr<Module> m) {
   children_.emplace_back(name, std::move(m));
 }
 
-void Module::collect(const std::string& prefix, NamedTensors& params, NamedTensors* buffers) const {
-  for (const auto& [name, t] : params_) params.emplace_back(prefix + name, t);
+// Depth first, as PyTorch's state_dict: a module's own parameters, then its
+// own persistent buffers, then its children in registration order.
+void Module::collect(const std::string& prefix, bool params, bool buffers, NamedTensors& out) const {
+  if (params)
+    for (const auto& [name, t] : params_) out.emplace_back(prefix + name, t);
   if (buffers)
     for (const Buffer& b : buffers_)
-      if (b.persistent) buffers->emplace_back(prefix + b.name, b.t);
-  for (const auto& [name, child] : children_) child->collect(prefix + name + ".", params, buffers);
+      if (b.persistent) out.emplace_back(prefix + b.name, b.t);
+  for (const auto& [name, child] : children_) child->collect(prefix + name + ".", params, buffers, out);
 }
 
 NamedTensors Module::named_parameters() const {
   NamedTensors out;
-  collect("", out, nullptr);
+  collect("", true, false, out);
   return out;
 }
 
@@ -63,22 +69,52 @@ std::vector<Tensor> Module::parameters() const {
 }
 
 NamedTensors Module::named_buffers() const {
-  NamedTensors params, buffers;
-  collect("", params, &buffers);
-  return buffers;
+  NamedTensors out;
+  collect("", false, true, out);
+  return out;
 }
 
 NamedTensors Module::state_dict() const {
-  NamedTensors params, buffers;
-  collect("", params, &buffers);
-  params.insert(params.end(), buffers.begin(), buffers.end());
-  return params;
+  NamedTensors out;
+  collect("", true, true, out);
+  return out;
 }
 
 int64_t Module::num_parameters() const {
   int64_t n = 0;
   for (auto& [name, t] : named_parameters()) n += t.numel();
   return n;
+}
+
+void Module::load_state_dict(const NamedTensors& state, bool strict) {
+  NamedTensors own = state_dict();
+  std::vector<std::string> missing, unexpected;
+  for (const auto& [name, src] : state) {
+    auto it = std::find_if(own.begin(), own.end(), [&](const auto& e) { return e.first == name; });
+    if (it == own.end()) {
+      unexpected.push_back(name);
+      continue;
+    }
+    const Tensor& dst = it->second;
+    LOOM_CHECK(src.defined() && src.sizes() == dst.sizes() && src.dtype() == dst.dtype(), "load_state_dict: '", name,
+               "' has shape ", src.defined() ? src.sizes() : Shape{}, " ", src.defined() ? dtype_name(src.dtype()) : "undefined",
+               ", the module expects ", dst.sizes(), " ", dtype_name(dst.dtype()));
+  }
+  for (const auto& [name, dst] : own)
+    if (std::none_of(state.begin(), state.end(), [&](const auto& e) { return e.first == name; })) missing.push_back(name);
+  auto list = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size() && i < 5; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 5) s += ", ... (" + std::to_string(v.size()) + " in all)";
+    return s;
+  };
+  LOOM_CHECK(!strict || missing.empty(), "load_state_dict: missing keys: ", list(missing));
+  LOOM_CHECK(!strict || unexpected.empty(), "load_state_dict: unexpected keys: ", list(unexpected));
+  NoGradGuard no_grad;
+  for (const auto& [name, src] : state) {
+    auto it = std::find_if(own.begin(), own.end(), [&](const auto& e) { return e.first == name; });
+    if (it != own.end()) it->second.detach().copy_(src);
+  }
 }
 
 void Module::train(bool on) {

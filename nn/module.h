@@ -39,9 +39,15 @@ class Module {
   std::vector<Tensor> parameters() const;
   // Persistent buffers (those a state_dict holds), named the same way.
   NamedTensors named_buffers() const;
-  // Parameters then persistent buffers: what a checkpoint stores.
+  // Parameters and persistent buffers, in PyTorch's order: what a checkpoint stores.
   NamedTensors state_dict() const;
   int64_t num_parameters() const;
+
+  // Copies the tensors into this module's parameters and persistent buffers
+  // by name (in place, so references stay valid). With strict, every name of
+  // the module must be given and nothing else; a shape or dtype mismatch is
+  // always an error naming the key.
+  void load_state_dict(const NamedTensors& state, bool strict = true);
 
   // Training mode (dropout on) is the default, as in PyTorch.
   void train(bool on = true);
@@ -61,7 +67,7 @@ class Module {
 
  private:
   void add_module(const std::string& name, std::shared_ptr<Module> m);
-  void collect(const std::string& prefix, NamedTensors& params, NamedTensors* buffers) const;
+  void collect(const std::string& prefix, bool params, bool buffers, NamedTensors& out) const;
 
   bool training_ = true;
   NamedTensors params_;
