@@ -17,3 +17,4 @@
 #include <loom/nn/attention.h>
 #include <loom/nn/transformer.h>
 #include <loom/models/transformer_wrapper.h>
+#include <loom/models/config.h>
