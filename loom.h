@@ -6,6 +6,7 @@
 #include <loom/core/error.h>
 #include <loom/core/generator.h>
 #include <loom/core/gradcheck.h>
+#include <loom/core/npy.h>
 #include <loom/core/png.h>
 #include <loom/core/safetensors.h>
 #include <loom/core/tensor.h>
