@@ -19,3 +19,4 @@
 #include <loom/nn/transformer.h>
 #include <loom/models/transformer_wrapper.h>
 #include <loom/models/config.h>
+#include <loom/models/autoregressive.h>

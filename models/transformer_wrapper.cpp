@@ -56,13 +56,20 @@ TransformerWrapper::TransformerWrapper(const TransformerWrapperConfig& c) : conf
   if (o.num_memory_tokens > 0) memory_tokens = register_parameter("memory_tokens", randn({o.num_memory_tokens, dim}));
 }
 
-Tensor TransformerWrapper::forward(const Tensor& tokens, const WrapperInputs& in) const {
+bool TransformerWrapper::can_cache_kv() const {
+  return config.num_memory_tokens == 0 && attn_layers->config.causal && !attn_layers->config.attn.selective;
+}
+
+Tensor TransformerWrapper::forward(const Tensor& tokens, const WrapperInputs& in, nn::LayersCache* cache) const {
   const TransformerWrapperConfig& o = config;
   LOOM_CHECK(tokens.dim() == 2 && tokens.dtype() == kInt64, "TransformerWrapper: expects int64 tokens (b, n), got ",
              dtype_name(tokens.dtype()), " ", tokens.sizes());
-  const int64_t b = tokens.size(0), n = tokens.size(1);
-  LOOM_CHECK(o.max_seq_len == 0 || !abs_pos_emb || n <= o.max_seq_len, "TransformerWrapper: sequence length ", n,
+  const int64_t b = tokens.size(0), n = tokens.size(1), offset = cache ? cache->length : 0;
+  LOOM_CHECK(!abs_pos_emb || offset + n <= o.max_seq_len, "TransformerWrapper: sequence length ", offset + n,
              " exceeds max_seq_len ", o.max_seq_len);
+  LOOM_CHECK(!cache || can_cache_kv(), "TransformerWrapper: this model cannot use a KV cache (it needs a causal "
+             "decoder without memory tokens or selective attention)");
+  LOOM_CHECK(!(cache && in.pos.defined()), "TransformerWrapper: pos cannot be combined with a KV cache");
 
   Tensor x = token_emb->forward(tokens);
   if (o.l2norm_embed) x = l2norm(x);
@@ -70,9 +77,10 @@ Tensor TransformerWrapper::forward(const Tensor& tokens, const WrapperInputs& in
     LOOM_CHECK(!in.pos.defined() || in.pos.dtype() == kInt64,
                "TransformerWrapper: non-integer positions need use_abs_pos_emb = false (the absolute embedding "
                "indexes a table), got ", dtype_name(in.pos.dtype()));
-    x = x + abs_pos_emb->forward(x, in.pos);
+    Tensor pos = in.pos.defined() ? in.pos : (cache ? arange(offset, offset + n) : Tensor());
+    x = x + abs_pos_emb->forward(x, pos);
   } else if (sinu_pos_emb) {
-    x = x + sinu_pos_emb->forward(x, in.pos);
+    x = x + sinu_pos_emb->forward(x, in.pos.defined() ? in.pos : (cache ? arange(offset, offset + n, kFloat32) : Tensor()));
   }
   if (post_emb_norm) x = post_emb_norm->forward(x);
   x = dropout(x, o.emb_dropout, is_training() && o.emb_dropout > 0);
@@ -88,7 +96,7 @@ Tensor TransformerWrapper::forward(const Tensor& tokens, const WrapperInputs& in
     x = cat({memory_tokens.unsqueeze(0).expand({b, -1, -1}), x}, 1);
     if (in.mask.defined()) li.mask = cat({ones({b, m}, kBool), in.mask}, 1);
   }
-  x = attn_layers->forward(x, li);
+  x = attn_layers->forward(x, li, cache);
   if (m > 0) x = x.narrow(1, m, n);
   if (in.return_embeddings || o.return_only_embed) return x;
   return o.tie_embedding ? matmul(x, token_emb->weight.t()) : to_logits->forward(x);

@@ -39,8 +39,11 @@ struct WrapperInputs {
 class TransformerWrapper : public nn::Module {
  public:
   explicit TransformerWrapper(const TransformerWrapperConfig& config);
-  // tokens: int64 (b, n) -> logits (b, n, logits_dim).
-  Tensor forward(const Tensor& tokens, const WrapperInputs& in = {}) const;
+  // tokens: int64 (b, n) -> logits (b, n, logits_dim). With a cache, tokens
+  // are only the positions after cache->length (see AttentionLayers).
+  Tensor forward(const Tensor& tokens, const WrapperInputs& in = {}, nn::LayersCache* cache = nullptr) const;
+  // Whether step-by-step decoding with a KV cache is possible.
+  bool can_cache_kv() const;
 
   TransformerWrapperConfig config;
   std::shared_ptr<nn::Embedding> token_emb;  // token_emb.emb.weight

@@ -65,12 +65,30 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
   LOOM_CHECK(!(cross && in.rotary), "Attention: rotary embeddings apply to self-attention only");
   const int64_t b = x.size(0), n = x.size(1);
 
+  LOOM_CHECK(!(in.cache && o.selective), "Attention: selective attention cannot use a KV cache (x-transformers' rule: ",
+             "a token's selection depends on every earlier query)");
+  LOOM_CHECK(!(in.cache && !cross && (in.mask.defined() || in.attn_mask.defined())),
+             "Attention: masks cannot be combined with a KV cache in self-attention");
   Tensor q = split_heads(to_q->forward(x), o.heads);
-  Tensor k = split_heads(to_k->forward(kv_input), o.kv_heads);
-  Tensor v = split_heads(to_v->forward(kv_input), o.kv_heads);
   if (o.qk_norm) {
-    q = l2norm(q), k = l2norm(k);
-    if (qk_norm_q_scale.defined()) q = q * qk_norm_q_scale, k = k * qk_norm_k_scale;
+    q = l2norm(q);
+    if (qk_norm_q_scale.defined()) q = q * qk_norm_q_scale;
+  }
+  Tensor k, v;
+  if (cross && in.cache && in.cache->k.defined()) {  // the context's keys and values, from the first call
+    k = in.cache->k, v = in.cache->v;
+  } else {
+    k = split_heads(to_k->forward(kv_input), o.kv_heads);
+    v = split_heads(to_v->forward(kv_input), o.kv_heads);
+    if (o.qk_norm) {
+      k = l2norm(k);
+      if (qk_norm_k_scale.defined()) k = k * qk_norm_k_scale;
+    }
+    if (in.cache && !cross && in.cache->k.defined()) {  // earlier positions first
+      k = cat({in.cache->k, k}, 2);
+      v = cat({in.cache->v, v}, 2);
+    }
+    if (in.cache) in.cache->k = k, in.cache->v = v;
   }
   if (in.rotary) {
     const Tensor& s = in.rotary->scale;

@@ -38,6 +38,13 @@ struct AttentionConfig {
   bool zero_init_output = false;
 };
 
+// Keys and values of the positions seen so far, for decoding step by step
+// (keys before rotary, as x-transformers caches them). For cross-attention
+// it holds the context's keys and values, computed on the first call.
+struct KVCache {
+  Tensor k, v;  // (b, kv_heads, cached, dim_head)
+};
+
 // What one call attends with. Masks are bool, True = attend.
 struct AttentionInputs {
   Tensor context;       // (b, j, dim_context) for cross-attention
@@ -47,6 +54,7 @@ struct AttentionInputs {
   Tensor attn_bias;     // additive, broadcastable to (b, h, i, j); must span the memory columns
   Tensor rel_pos_bias;  // additive (h, i, j) or (b, h, i, j) from a position bias; padded for memory columns
   const RotaryEmbedding::Output* rotary = nullptr;  // angles for q and k (self-attention)
+  KVCache* cache = nullptr;  // when set: x holds only the new positions; the cache is read and extended
 };
 
 class Attention : public Module {

@@ -118,7 +118,7 @@ AttentionLayers::AttentionLayers(const AttentionLayersConfig& c) : config(c) {
   }
 }
 
-Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in) const {
+Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, LayersCache* cache) const {
   LOOM_CHECK(x_in.dim() == 3 && x_in.size(2) == config.dim, "AttentionLayers: expects x (b, n, ", config.dim, "), got ",
              x_in.sizes());
   LOOM_CHECK(config.cross_attend == in.context.defined(),
@@ -129,26 +129,40 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in) cons
     LOOM_CHECK(in.mask.dtype() == kBool && in.mask.sizes() == Shape({x_in.size(0), n}), "AttentionLayers: mask must be bool (",
                x_in.size(0), ", ", n, "), got ", dtype_name(in.mask.dtype()), " ", in.mask.sizes());
 
+  // With a cache, the n new positions follow `offset` earlier ones.
+  const int64_t offset = cache ? cache->length : 0, total = offset + n;
+  if (cache) {
+    LOOM_CHECK(config.causal, "AttentionLayers: a KV cache needs causal attention");
+    LOOM_CHECK(!in.pos.defined() && !in.attn_bias.defined(),
+               "AttentionLayers: pos and attn_bias cannot be combined with a KV cache");
+    int64_t attn_layers = 0;
+    for (const std::string& t : layer_types) attn_layers += t != "f";
+    if (cache->layers.empty()) cache->layers.resize(size_t(attn_layers));
+    LOOM_CHECK(int64_t(cache->layers.size()) == attn_layers, "AttentionLayers: the cache has ", cache->layers.size(),
+               " layers, the model ", attn_layers);
+  }
+
   // Position encodings, computed once for all layers.
   AttentionInputs self_in, cross_in;
   self_in.mask = in.mask, self_in.attn_mask = in.attn_mask, self_in.attn_bias = in.attn_bias;
   RotaryEmbedding::Output rot;
   if (rotary) {
-    rot = in.pos.defined() ? rotary->forward(in.pos) : rotary->forward_from_seq_len(n);
+    rot = in.pos.defined() ? rotary->forward(in.pos) : rotary->forward_from_seq_len(total);
     self_in.rotary = &rot;
   }
-  if (rel_pos) self_in.rel_pos_bias = rel_pos->forward(n, n);
-  if (alibi) self_in.rel_pos_bias = in.pos.defined() ? alibi->forward(in.pos) : alibi->forward(n, n);
+  if (rel_pos) self_in.rel_pos_bias = rel_pos->forward(n, total);
+  if (alibi) self_in.rel_pos_bias = in.pos.defined() ? alibi->forward(in.pos) : alibi->forward(n, total);
   if (config.cross_attend) {
     cross_in.context = in.context, cross_in.mask = in.mask, cross_in.context_mask = in.context_mask;
     if (cross_rel_pos) {
-      Tensor qp = in.cross_q_pos.defined() ? in.cross_q_pos : arange(n);
+      Tensor qp = in.cross_q_pos.defined() ? in.cross_q_pos : arange(offset, total);
       Tensor kp = in.context_pos.defined() ? in.context_pos : arange(in.context.size(1));
       cross_in.rel_pos_bias = cross_rel_pos->forward(qp, kp);
     }
   }
 
   Tensor x = x_in;
+  size_t attn_index = 0;
   for (const Layer& l : stack_) {
     const Tensor residual = x;
     Tensor h = l.pre_norm ? norm(l.pre_norm, x) : x;
@@ -157,12 +171,15 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in) cons
       out = l.ff->forward(h);
       if (config.macaron) out = out * 0.5f;
     } else {
-      out = l.attention->forward(h, l.type == "a" ? self_in : cross_in);
+      AttentionInputs& ai = l.type == "a" ? self_in : cross_in;
+      ai.cache = cache ? &cache->layers[attn_index++] : nullptr;
+      out = l.attention->forward(h, ai);
     }
     if (l.post_branch_norm) out = norm(l.post_branch_norm, out);
     x = out + residual;
     if (l.post_main_norm) x = norm(l.post_main_norm, x);
   }
+  if (cache) cache->length = total;
   return final_norm ? norm(final_norm, x) : x;
 }
 

@@ -65,10 +65,19 @@ struct LayersInputs {
   Tensor cross_q_pos, context_pos;  // int64 positions for the cross relative bias; default 0..n-1, 0..j-1
 };
 
+// The KV caches of every attention layer, for step-by-step decoding.
+struct LayersCache {
+  std::vector<KVCache> layers;  // one per 'a' and 'c' layer, in order
+  int64_t length = 0;           // positions seen so far
+};
+
 class AttentionLayers : public Module {
  public:
   explicit AttentionLayers(const AttentionLayersConfig& config);
-  Tensor forward(const Tensor& x, const LayersInputs& in = {}) const;
+  // With a cache, x holds only the positions after cache->length; the result
+  // equals the matching rows of a forward over the whole sequence. Needs
+  // causal attention, no masks and no selective attention.
+  Tensor forward(const Tensor& x, const LayersInputs& in = {}, LayersCache* cache = nullptr) const;
 
   // Whether TransformerWrapper should skip its absolute position embedding
   // (x-transformers: with a T5 bias or rotary, not with ALiBi).
