@@ -20,3 +20,6 @@
 #include <loom/models/transformer_wrapper.h>
 #include <loom/models/config.h>
 #include <loom/models/autoregressive.h>
+#include <loom/models/continuous.h>
+#include <loom/models/vit.h>
+#include <loom/models/xtransformer.h>

@@ -89,7 +89,7 @@ Tensor AutoregressiveWrapper::filter_min_p(const Tensor& logits, double min_p) {
 // ---- generation ---------------------------------------------------------------------------
 
 Tensor AutoregressiveWrapper::generate(const Tensor& prompts, int64_t seq_len, const GenerateOptions& o,
-                                       Generator& gen) const {
+                                       Generator& gen, const WrapperInputs& extra) const {
   LOOM_CHECK(prompts.dim() == 2 && prompts.dtype() == kInt64 && prompts.size(1) >= 1,
              "generate: expects int64 prompts (b, t) with t >= 1, got ", dtype_name(prompts.dtype()), " ", prompts.sizes());
   LOOM_CHECK(seq_len >= 0, "generate: seq_len must be >= 0, got ", seq_len);
@@ -120,14 +120,16 @@ Tensor AutoregressiveWrapper::generate(const Tensor& prompts, int64_t seq_len, c
     seq.swap(wide);
   }
 
+  WrapperInputs ctx;
+  ctx.context = extra.context, ctx.context_mask = extra.context_mask;
   for (int64_t step = 0; step < seq_len; ++step) {
     Tensor logits;
     if (use_cache && len > max_len) use_cache = false;  // past the absolute positions: window instead
     if (use_cache) {
-      logits = net->forward(tokens_of(cache.length, len), {}, &cache);
+      logits = net->forward(tokens_of(cache.length, len), ctx, &cache);
     } else {
       const int64_t from = std::max<int64_t>(0, len - max_len);  // the last max_seq_len tokens
-      logits = net->forward(tokens_of(from, len));
+      logits = net->forward(tokens_of(from, len), ctx);
     }
     logits = logits.select(1, logits.size(1) - 1).contiguous();  // (b, V): the last position
     std::vector<int64_t> next(static_cast<size_t>(b));

@@ -32,7 +32,9 @@ class AutoregressiveWrapper {
 
   // Continues each prompt (b, t) by seq_len tokens and returns only the new
   // ones, (b, seq_len). Runs in no-grad mode; random draws come from gen.
-  Tensor generate(const Tensor& prompts, int64_t seq_len, const GenerateOptions& options, Generator& gen) const;
+  // `extra` carries a context and context_mask for a decoder that cross-attends.
+  Tensor generate(const Tensor& prompts, int64_t seq_len, const GenerateOptions& options, Generator& gen,
+                  const WrapperInputs& extra = {}) const;
 
   // The filters, on logits (b, V): the removed entries become -inf.
   static Tensor filter_top_k(const Tensor& logits, int64_t k);
