@@ -24,7 +24,9 @@ const char* kUsage =
     "\n"
     "Runs one forward pass of the model the config describes, in eval mode, with the weights\n"
     "loaded by name, and writes the output (logits, or embeddings) as .npy. Inputs are NumPy\n"
-    ".npy files: int64 token ids (b, n); bool masks (True = attend); float32 context, bias, positions.\n";
+    ".npy files: int64 token ids (b, n) for a TransformerWrapper, float32 (b, n, dim_in) for a\n"
+    "ContinuousTransformerWrapper, float32 images (b, c, h, w) for a ViTransformerWrapper; bool masks\n"
+    "(True = attend); float32 context, bias, positions.\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -61,7 +63,20 @@ int forward(int argc, char** argv) {
   in.attn_bias = optional("attn-bias");
   in.pos = optional("pos");
   loom::NoGradGuard no_grad;
-  loom::Tensor out = model.transformer->forward(loom::read_npy(flags["input"]), in);
+  const loom::Tensor input = loom::read_npy(flags["input"]);
+  loom::Tensor out;
+  if (model.transformer) {
+    out = model.transformer->forward(input, in);
+  } else if (model.continuous) {
+    out = model.continuous->forward(input, {.mask = in.mask, .pos = in.pos, .context = in.context,
+                                            .context_mask = in.context_mask, .attn_bias = in.attn_bias});
+  } else if (model.vit) {
+    if (in.mask.defined() || in.context.defined() || in.context_mask.defined() || in.attn_bias.defined() || in.pos.defined())
+      throw UsageError("a ViTransformerWrapper takes only --input (images)");
+    out = model.vit->forward(input);
+  } else {
+    throw std::runtime_error("an XTransformer has no single forward pass; use its encoder or decoder config");
+  }
   loom::write_npy(flags["output"], out);
   return 0;
 }

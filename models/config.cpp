@@ -76,7 +76,11 @@ class Reader {
   [[noreturn]] void bad(const std::string& key, const json& v, const std::string& allowed) const {
     fail(source_, ": '", path(key), "' must be ", allowed, ", got ", v.dump());
   }
-  std::string path(const std::string& key) const { return where_.empty() ? key : where_ + "." + key; }
+  // "attn_layers.heads"; with a prefix ending in '_' (XTransformer's enc_ / dec_) simply "enc_heads".
+  std::string path(const std::string& key) const {
+    if (where_.empty()) return key;
+    return where_.back() == '_' ? where_ + key : where_ + "." + key;
+  }
 
  private:
   static std::string range(double lo, double hi, bool hi_closed) {
@@ -183,18 +187,21 @@ nn::AttentionLayersConfig attention_layers_config_from_json(const std::string& t
   return layers_from(j, "config", "", nullptr);
 }
 
-LoadedModel model_from_json(const std::string& text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    fail(source, ": not valid JSON: ", e.what());
-  }
-  LOOM_CHECK(j.is_object(), source, ": the config must be a JSON object");
-  LoadedModel m;
-  m.wrapper = j.contains("wrapper") && j["wrapper"].is_string() ? j["wrapper"].get<std::string>() : "";
-  LOOM_CHECK(m.wrapper == "TransformerWrapper", source, ": 'wrapper' must be \"TransformerWrapper\" (the only wrapper ",
-             "loom builds from configs so far), got ", j.contains("wrapper") ? j["wrapper"].dump() : "nothing");
+nn::Module& LoadedModel::module() const {
+  if (transformer) return *transformer;
+  if (continuous) return *continuous;
+  if (vit) return *vit;
+  LOOM_CHECK(xtransformer != nullptr, "LoadedModel: empty");
+  return *xtransformer;
+}
+
+namespace {
+
+std::shared_ptr<nn::AttentionLayers> layers_setter(const json& v, const std::string& source, const std::string& where) {
+  return std::make_shared<nn::AttentionLayers>(layers_from(v, source, where, nullptr));
+}
+
+std::shared_ptr<TransformerWrapper> transformer_from(const json& j, const std::string& source) {
   TransformerWrapperConfig c;
   Reader r(source, "");
   r.custom("wrapper", [](const json&) {});
@@ -210,13 +217,100 @@ LoadedModel model_from_json(const std::string& text, const std::string& source) 
   r.boolean("scaled_sinu_pos_emb", c.scaled_sinu_pos_emb);
   r.boolean("l2norm_embed", c.l2norm_embed);
   r.boolean("return_only_embed", c.return_only_embed);
-  r.custom("attn_layers", [&](const json& v) {
-    c.attn_layers = std::make_shared<nn::AttentionLayers>(layers_from(v, source, "attn_layers", nullptr));
-  });
+  r.custom("attn_layers", [&](const json& v) { c.attn_layers = layers_setter(v, source, "attn_layers"); });
   r.read(j);
   LOOM_CHECK(j.contains("num_tokens"), source, ": 'num_tokens' is required");
   LOOM_CHECK(j.contains("attn_layers"), source, ": 'attn_layers' is required");
-  m.transformer = std::make_shared<TransformerWrapper>(c);
+  return std::make_shared<TransformerWrapper>(c);
+}
+
+std::shared_ptr<ContinuousTransformerWrapper> continuous_from(const json& j, const std::string& source) {
+  ContinuousTransformerWrapperConfig c;
+  Reader r(source, "");
+  r.custom("wrapper", [](const json&) {});
+  r.integer("max_seq_len", c.max_seq_len, 0);
+  r.integer("dim_in", c.dim_in, 1);
+  r.integer("dim_out", c.dim_out, 1);
+  r.integer("num_memory_tokens", c.num_memory_tokens, 0);
+  r.boolean("post_emb_norm", c.post_emb_norm);
+  r.number("emb_dropout", c.emb_dropout, 0, 1, true);
+  r.boolean("use_abs_pos_emb", c.use_abs_pos_emb);
+  r.boolean("scaled_sinu_pos_emb", c.scaled_sinu_pos_emb);
+  r.boolean("average_pool_embed", c.average_pool_embed);
+  r.custom("attn_layers", [&](const json& v) { c.attn_layers = layers_setter(v, source, "attn_layers"); });
+  r.read(j);
+  LOOM_CHECK(j.contains("attn_layers"), source, ": 'attn_layers' is required");
+  return std::make_shared<ContinuousTransformerWrapper>(c);
+}
+
+std::shared_ptr<ViTransformerWrapper> vit_from(const json& j, const std::string& source) {
+  ViTransformerWrapperConfig c;
+  Reader r(source, "");
+  r.custom("wrapper", [](const json&) {});
+  r.integer("image_size", c.image_size, 1);
+  r.integer("patch_size", c.patch_size, 1);
+  r.integer("channels", c.channels, 1);
+  r.integer("num_classes", c.num_classes, 1);
+  r.boolean("post_emb_norm", c.post_emb_norm);
+  r.integer("num_register_tokens", c.num_register_tokens, 0);
+  r.number("emb_dropout", c.emb_dropout, 0, 1, true);
+  r.custom("attn_layers", [&](const json& v) { c.attn_layers = layers_setter(v, source, "attn_layers"); });
+  r.read(j);
+  for (const char* key : {"image_size", "patch_size", "attn_layers"})
+    LOOM_CHECK(j.contains(key), source, ": '", key, "' is required");
+  return std::make_shared<ViTransformerWrapper>(c);
+}
+
+// x-transformers' XTransformer(dim, enc_*, dec_*): the enc_ / dec_ keys that
+// are not the wrapper's own go to the encoder's / decoder's layers.
+std::shared_ptr<XTransformer> xtransformer_from(const json& j, const std::string& source) {
+  XTransformerConfig c;
+  json enc = json::object(), dec = json::object();
+  Reader r(source, "");
+  r.custom("wrapper", [](const json&) {});
+  r.integer("dim", c.dim, 1);
+  r.integer("enc_num_tokens", c.enc_num_tokens, 1);
+  r.integer("enc_max_seq_len", c.enc_max_seq_len, 0);
+  r.integer("dec_num_tokens", c.dec_num_tokens, 1);
+  r.integer("dec_max_seq_len", c.dec_max_seq_len, 0);
+  r.integer("ignore_index", c.ignore_index, INT64_MIN);
+  r.integer("pad_value", c.pad_value, INT64_MIN);
+  json rest = json::object();
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    const bool own = k == "enc_num_tokens" || k == "enc_max_seq_len" || k == "dec_num_tokens" || k == "dec_max_seq_len";
+    if (!own && k.rfind("enc_", 0) == 0) enc[k.substr(4)] = it.value();
+    else if (!own && k.rfind("dec_", 0) == 0) dec[k.substr(4)] = it.value();
+    else rest[k] = it.value();
+  }
+  r.read(rest);
+  for (const char* key : {"dim", "enc_num_tokens", "dec_num_tokens"})
+    LOOM_CHECK(j.contains(key), source, ": '", key, "' is required");
+  enc["dim"] = c.dim, dec["dim"] = c.dim;
+  c.enc = layers_from(enc, source, "enc_", nullptr);
+  c.dec = layers_from(dec, source, "dec_", nullptr);
+  return std::make_shared<XTransformer>(c);
+}
+
+}  // namespace
+
+LoadedModel model_from_json(const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const std::exception& e) {
+    fail(source, ": not valid JSON: ", e.what());
+  }
+  LOOM_CHECK(j.is_object(), source, ": the config must be a JSON object");
+  LoadedModel m;
+  m.wrapper = j.contains("wrapper") && j["wrapper"].is_string() ? j["wrapper"].get<std::string>() : "";
+  if (m.wrapper == "TransformerWrapper") m.transformer = transformer_from(j, source);
+  else if (m.wrapper == "ContinuousTransformerWrapper") m.continuous = continuous_from(j, source);
+  else if (m.wrapper == "ViTransformerWrapper") m.vit = vit_from(j, source);
+  else if (m.wrapper == "XTransformer") m.xtransformer = xtransformer_from(j, source);
+  else
+    fail(source, ": 'wrapper' must be one of \"TransformerWrapper\", \"ContinuousTransformerWrapper\", ",
+         "\"ViTransformerWrapper\", \"XTransformer\", got ", j.contains("wrapper") ? j["wrapper"].dump() : "nothing");
   return m;
 }
 

@@ -226,6 +226,26 @@ class TransformerWrapper(nn.Module):
         return self.to_logits(self.attn_layers(x, **kwargs))
 
 
+class ViTransformerWrapper(nn.Module):
+    def __init__(self, image_size, patch_size, channels, num_classes, attn_layers, dim):
+        super().__init__()
+        patches, patch_dim = (image_size // patch_size) ** 2, channels * patch_size ** 2
+        self.patch_size = patch_size
+        self.pos_embedding = nn.Parameter(torch.randn(1, patches, dim))
+        self.patch_to_embedding = nn.Sequential(LayerNorm(patch_dim, unit_offset=False), nn.Linear(patch_dim, dim),
+                                                LayerNorm(dim, unit_offset=False))
+        self.attn_layers = attn_layers
+        self.mlp_head = nn.Linear(dim, num_classes)
+
+    def forward(self, img):
+        b, c, h, w = img.shape
+        p = self.patch_size
+        # 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'
+        x = img.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+        x = self.patch_to_embedding(x) + self.pos_embedding
+        return self.mlp_head(self.attn_layers(x).mean(dim=-2))
+
+
 # ---- files -------------------------------------------------------------------------------
 
 def save_safetensors(path, tensors):
@@ -271,7 +291,8 @@ def write_fixture(root, name, config, model, inputs, grads=False):
     model.eval()
     model.double()
     kwargs = {k: v.double() if v.is_floating_point() else v for k, v in kwargs.items()}
-    logits = model(inputs['input'], **kwargs)
+    x = inputs['input']
+    logits = model(x.double() if x.is_floating_point() else x, **kwargs)
     np.save(os.path.join(d, 'output.npy'), logits.detach().numpy().astype(np.float32))
     if grads:
         gen = torch.Generator().manual_seed(99)
@@ -348,6 +369,19 @@ def main(root):
                   wrapper_config({'type': 'Decoder', 'dim': 16, 'depth': 2, 'heads': 2, 'attn_dim_head': 8,
                                   'ff_mult': 2, 'attn_selective': True}, True),
                   model, {'input': tokens}, grads=True)
+
+
+    # 6. A ViT: 8x8 single-channel images in 4x4 patches, 10 classes.
+    layers = AttentionLayers(16, 2, 2, 8, causal=False)
+    model = ViTransformerWrapper(8, 4, 1, 10, layers, 16)
+    randomize(model, gen)
+    images = torch.rand(3, 1, 8, 8, generator=gen)
+    write_fixture(root, 'vit',
+                  {'wrapper': 'ViTransformerWrapper', 'image_size': 8, 'patch_size': 4, 'channels': 1,
+                   'num_classes': 10,
+                   'attn_layers': {'type': 'Encoder', 'dim': 16, 'depth': 2, 'heads': 2, 'attn_dim_head': 8,
+                                   'ff_mult': 2}},
+                  model, {'input': images}, grads=True)
 
 
 if __name__ == '__main__':

@@ -60,10 +60,32 @@ TEST_CASE("Config errors name the key, the closest valid key, and the allowed va
   CHECK(error_of(R"({"wrapper": "TransformerWrapper", "attn_layers": {"dim": 8, "depth": 1}})") ==
         "config: 'num_tokens' is required");
   CHECK(error_of(R"({"wrapper": "Mystery"})") ==
-        "config: 'wrapper' must be \"TransformerWrapper\" (the only wrapper loom builds from configs so far), got "
-        "\"Mystery\"");
+        "config: 'wrapper' must be one of \"TransformerWrapper\", \"ContinuousTransformerWrapper\", "
+        "\"ViTransformerWrapper\", \"XTransformer\", got \"Mystery\"");
   CHECK(error_of("{oops").rfind("config: not valid JSON: ", 0) == 0);
   // Options that are individually fine but conflict are caught by the layers.
   CHECK(error_of(head + R"("heads": 2, "alibi_pos_bias": true, "rel_pos_bias": true}})") ==
         "AttentionLayers: use at most one of alibi_pos_bias, rel_pos_bias");
+}
+
+TEST_CASE("Configs for the other wrappers: continuous, ViT, and XTransformer's enc_/dec_ keys") {
+  LoadedModel c = model_from_json(R"({"wrapper": "ContinuousTransformerWrapper", "max_seq_len": 8, "dim_in": 3,
+    "dim_out": 2, "attn_layers": {"type": "Encoder", "dim": 8, "depth": 1, "heads": 2, "attn_dim_head": 4}})");
+  REQUIRE(c.continuous != nullptr);
+  CHECK(c.continuous->forward(zeros({1, 5, 3})).sizes() == Shape{1, 5, 2});
+  LoadedModel v = model_from_json(R"({"wrapper": "ViTransformerWrapper", "image_size": 8, "patch_size": 4,
+    "channels": 1, "num_classes": 5, "attn_layers": {"type": "Encoder", "dim": 8, "depth": 1, "heads": 2}})");
+  REQUIRE(v.vit != nullptr);
+  CHECK(v.vit->forward(zeros({2, 1, 8, 8})).sizes() == Shape{2, 5});
+  LoadedModel x = model_from_json(R"({"wrapper": "XTransformer", "dim": 16, "enc_num_tokens": 7, "enc_max_seq_len": 6,
+    "enc_depth": 1, "enc_heads": 2, "dec_num_tokens": 9, "dec_max_seq_len": 6, "dec_depth": 2, "dec_heads": 4,
+    "dec_rotary_pos_emb": true, "dec_attn_dim_head": 4})");
+  REQUIRE(x.xtransformer != nullptr);
+  CHECK(x.xtransformer->decoder_net->attn_layers->config.depth == 2);
+  CHECK(x.xtransformer->decoder_net->attn_layers->config.causal);
+  CHECK(x.xtransformer->decoder_net->attn_layers->config.cross_attend);
+  CHECK(x.xtransformer->encoder->attn_layers->config.heads == 2);
+  CHECK_THROWS_WITH_AS(model_from_json(R"({"wrapper": "XTransformer", "dim": 16, "enc_num_tokens": 7, "enc_depth": 1,
+    "dec_num_tokens": 9, "dec_depth": 1, "dec_rotary_pos_embs": true})"),
+                       "config: unknown key 'dec_rotary_pos_embs' (did you mean 'dec_rotary_pos_emb'?)", Error);
 }
