@@ -23,3 +23,4 @@
 #include <loom/models/continuous.h>
 #include <loom/models/vit.h>
 #include <loom/models/xtransformer.h>
+#include <loom/train/optim.h>

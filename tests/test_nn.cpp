@@ -355,3 +355,16 @@ TEST_CASE("TransformerWrapper: names, shapes, tied embedding, memory tokens, and
   CHECK(first > 2.0f);
   CHECK(last < 0.5f * first);
 }
+
+TEST_CASE("Gradient checks through the layers: FeedForward (GLU), norms, a small Decoder stack") {
+  Generator g(20);
+  manual_seed(21);
+  FeedForward ff({.dim = 4, .mult = 1.5, .glu = true, .post_act_ln = true});
+  CHECK_GRADCHECK([&](const Inputs& in) { return ff.forward(in[0]); }, {randn({2, 3, 4}, g).requires_grad_()});
+  RMSNorm rms(5, true);
+  rms.g.detach().copy_(randn({5}, g));
+  CHECK_GRADCHECK([&](const Inputs& in) { return rms.forward(in[0]); }, {randn({3, 5}, g).requires_grad_()});
+  auto dec = Decoder({.dim = 6, .depth = 1, .heads = 2, .rel_pos_bias = true, .attn = {.dim_head = 3, .num_mem_kv = 1},
+                      .ff = {.mult = 1}});
+  CHECK_GRADCHECK([&](const Inputs& in) { return dec->forward(in[0]); }, {randn({1, 4, 6}, g).requires_grad_()});
+}

@@ -1,0 +1,135 @@
+// Optimizers against scalar references of PyTorch's update rules; state
+// round trips; clipping; schedules.
+#include "helpers.h"
+
+#include <loom/loom.h>
+
+#include <cmath>
+
+using namespace loom;
+
+namespace {
+// A parameter and the gradients of three steps, fixed.
+struct Problem {
+  std::vector<float> p0 = {0.5f, -1.0f, 2.0f, 0.0f, 3.0f, -0.25f};
+  std::vector<std::vector<float>> grads = {{0.1f, -0.2f, 0.3f, 0.0f, 1.0f, -1.0f},
+                                           {0.2f, 0.1f, -0.3f, 0.5f, -1.0f, 0.0f},
+                                           {-0.1f, 0.4f, 0.2f, -0.5f, 0.5f, 2.0f}};
+};
+
+// Runs three steps of `opt` on parameter `p` (shape `shape`) with the fixed gradients.
+std::vector<float> run(Optimizer& opt, Tensor& p, const Problem& pr) {
+  for (const auto& g : pr.grads) {
+    p.mutable_grad() = from_vector(g, p.sizes());
+    opt.step();
+  }
+  return p.to_vector<float>();
+}
+}  // namespace
+
+TEST_CASE("SGD: plain, momentum with dampening, Nesterov, weight decay") {
+  Problem pr;
+  for (SGDOptions o : {SGDOptions{.lr = 0.1}, SGDOptions{.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .weight_decay = 0.01},
+                       SGDOptions{.lr = 0.05, .momentum = 0.8, .weight_decay = 0.1, .nesterov = true}}) {
+    CAPTURE(o.momentum);
+    Tensor p = from_vector(pr.p0, {2, 3}).requires_grad_();
+    SGD opt({{"w", p}}, o);
+    std::vector<float> got = run(opt, p, pr);
+    std::vector<double> want;
+    for (size_t k = 0; k < 6; ++k) {
+      double w = pr.p0[k], buf = 0;
+      for (size_t s = 0; s < 3; ++s) {
+        double d = pr.grads[s][k] + o.weight_decay * w;
+        if (o.momentum > 0) {
+          buf = s == 0 ? d : o.momentum * buf + (1 - o.dampening) * d;
+          d = o.nesterov ? d + o.momentum * buf : buf;
+        }
+        w -= o.lr * d;
+      }
+      want.push_back(w);
+    }
+    CHECK(close_or_same(got, want, 1e-6, 1e-5));
+  }
+}
+
+TEST_CASE("Adam and AdamW: bias correction, L2 versus decoupled decay, no decay on 1-D parameters") {
+  Problem pr;
+  for (bool decoupled : {false, true}) {
+    CAPTURE(decoupled);
+    AdamOptions o{.lr = 0.01, .beta1 = 0.8, .beta2 = 0.95, .eps = 1e-6, .weight_decay = 0.1};
+    Tensor w2 = from_vector(pr.p0, {2, 3}).requires_grad_(), w1 = from_vector(pr.p0, {6}).requires_grad_();
+    std::unique_ptr<Optimizer> opt;
+    if (decoupled) opt = std::make_unique<AdamW>(NamedParams{{"w2", w2}, {"w1", w1}}, o);
+    else opt = std::make_unique<Adam>(NamedParams{{"w2", w2}, {"w1", w1}}, o);
+    for (const auto& g : pr.grads) {
+      w2.mutable_grad() = from_vector(g, {2, 3});
+      w1.mutable_grad() = from_vector(g, {6});
+      opt->step();
+    }
+    for (int dims : {2, 1}) {
+      CAPTURE(dims);
+      const double wd = decoupled && dims == 1 ? 0.0 : 0.1;  // AdamW: 1-D parameters do not decay
+      std::vector<double> want;
+      for (size_t k = 0; k < 6; ++k) {
+        double w = pr.p0[k], m = 0, v = 0;
+        for (size_t s = 0; s < 3; ++s) {
+          const double t = double(s + 1);
+          double g = pr.grads[s][k];
+          if (decoupled) w *= 1 - 0.01 * wd;
+          else g += wd * w;
+          m = 0.8 * m + 0.2 * g;
+          v = 0.95 * v + 0.05 * g * g;
+          w -= 0.01 / (1 - std::pow(0.8, t)) * m / (std::sqrt(v) / std::sqrt(1 - std::pow(0.95, t)) + 1e-6);
+        }
+        want.push_back(w);
+      }
+      CHECK(close_or_same((dims == 2 ? w2 : w1).to_vector<float>(), want, 1e-6, 1e-5));
+    }
+  }
+}
+
+TEST_CASE("Optimizer state round-trips: a resumed optimizer continues exactly") {
+  Problem pr;
+  Tensor a = from_vector(pr.p0, {6}).requires_grad_(), b = from_vector(pr.p0, {6}).requires_grad_();
+  AdamW full({{"w", a}}, {.lr = 0.01, .weight_decay = 0.1, .decay_1d = true});
+  AdamW first({{"w", b}}, {.lr = 0.01, .weight_decay = 0.1, .decay_1d = true});
+  for (size_t s = 0; s < 3; ++s) {
+    a.mutable_grad() = tensor(pr.grads[s]);
+    full.step();
+  }
+  for (size_t s = 0; s < 2; ++s) {
+    b.mutable_grad() = tensor(pr.grads[s]);
+    first.step();
+  }
+  NamedParams state = first.state_dict();
+  CHECK(state[0].first == "step");
+  CHECK(state[1].first == "w.exp_avg");
+  AdamW resumed({{"w", b}}, {.lr = 0.01, .weight_decay = 0.1, .decay_1d = true});
+  resumed.load_state_dict(state);
+  CHECK(resumed.steps() == 2);
+  b.mutable_grad() = tensor(pr.grads[2]);
+  resumed.step();
+  CHECK(a.to_vector<float>() == b.to_vector<float>());
+  CHECK_THROWS_WITH_AS(resumed.load_state_dict({{"v.exp_avg", zeros({6})}}),
+                       "Optimizer::load_state_dict: 'v.exp_avg' belongs to no parameter of this optimizer", Error);
+}
+
+TEST_CASE("clip_grad_norm scales to the global norm; schedules warm up and decay") {
+  Tensor a = zeros({2}).requires_grad_(), b = zeros({1}).requires_grad_();
+  a.mutable_grad() = tensor({3.0f, 0.0f});
+  b.mutable_grad() = tensor({4.0f});
+  CHECK(clip_grad_norm({a, b}, 1.0) == doctest::Approx(5.0));
+  CHECK(a.grad().to_vector<float>()[0] == doctest::Approx(0.6f).epsilon(1e-5));
+  CHECK(b.grad().to_vector<float>()[0] == doctest::Approx(0.8f).epsilon(1e-5));
+  CHECK(clip_grad_norm({a, b}, 10.0) == doctest::Approx(1.0).epsilon(1e-5));  // under the limit: unchanged
+  CHECK(b.grad().to_vector<float>()[0] == doctest::Approx(0.8f).epsilon(1e-5));
+
+  LRSchedule s{.max_lr = 1.0, .min_lr = 0.1, .warmup_steps = 10, .total_steps = 110};
+  CHECK(s.at(0) == doctest::Approx(0.1));
+  CHECK(s.at(9) == doctest::Approx(1.0));
+  CHECK(s.at(60) == doctest::Approx(0.55));  // half way through the cosine
+  CHECK(s.at(110) == doctest::Approx(0.1));
+  CHECK(s.at(500) == doctest::Approx(0.1));
+  LRSchedule lin{.max_lr = 1.0, .min_lr = 0.0, .total_steps = 100, .decay = "linear"};
+  CHECK(lin.at(25) == doctest::Approx(0.75));
+}
