@@ -24,3 +24,5 @@
 #include <loom/models/vit.h>
 #include <loom/models/xtransformer.h>
 #include <loom/train/optim.h>
+#include <loom/train/data.h>
+#include <loom/train/trainer.h>

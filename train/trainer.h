@@ -1,0 +1,61 @@
+// The training loop for language models (train/trainer.cpp): AdamW with
+// warm-up and cosine decay, gradient clipping and accumulation, a progress
+// bar (plain log lines when stdout is not a terminal), periodic evaluation,
+// a metrics log (metrics.jsonl), a loss plot drawn by loom (loss.svg), and
+// checkpoints written atomically every N steps, at the end and on Ctrl-C.
+// A resumed run continues with exactly the losses of an uninterrupted one.
+#pragma once
+
+#include <string>
+
+#include <loom/models/config.h>
+#include <loom/train/data.h>
+
+namespace loom {
+
+struct TrainConfig {
+  int64_t steps = 1000;
+  int64_t batch_size = 16;
+  int64_t seq_len = 128;
+  int64_t grad_accum = 1;
+  double lr = 1e-3;
+  double min_lr = 1e-4;
+  int64_t warmup_steps = 100;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // 0 = off
+  int64_t eval_every = 100;
+  int64_t eval_batches = 16;
+  int64_t checkpoint_every = 200;
+  int64_t log_every = 10;
+  uint64_t seed = 0;
+  std::string out_dir = "runs/loom";
+  int64_t stop_after = 0;  // stop (with a checkpoint) after this many steps of this run; 0 = run to `steps`
+  bool quiet = false;      // no progress output (tests)
+};
+
+struct TrainResult {
+  int64_t step = 0;  // steps done in all
+  double train_loss = 0, val_loss = 0;
+  bool interrupted = false;
+};
+
+// Trains model (a causal TransformerWrapper over byte tokens) on the corpus.
+// config_text is the model's JSON config, stored in the checkpoint. With
+// resume, continues from out_dir/checkpoint.safetensors.
+TrainResult train_language_model(const LoadedModel& model, const std::string& config_text, const TextCorpus& corpus,
+                                 const TrainConfig& config, bool resume = false);
+
+// Mean next-byte loss (nats) over the first eval_batches · batch_size
+// windows of `data`; bits per character = loss / ln 2.
+double evaluate_language_model(const LoadedModel& model, const std::vector<uint8_t>& data, int64_t seq_len,
+                               int64_t windows);
+
+// A checkpoint: the model's JSON config and weights, and the training state.
+struct Checkpoint {
+  std::string config_text;
+  LoadedModel model;
+  int64_t step = 0;
+};
+Checkpoint load_checkpoint(const std::string& path);
+
+}  // namespace loom
