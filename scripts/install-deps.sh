@@ -12,6 +12,8 @@ packages=(
   doctest-dev         # tests
   nlohmann-json3-dev  # JSON configs
   zlib1g-dev          # PNG pictures (deflate and crc32)
+  fortunes            # demo text: /usr/share/games/fortunes
+  dataset-fashion-mnist  # demo images: /usr/share/datasets/fashion-mnist
 )
 
 missing=()

@@ -1,0 +1,74 @@
+// The `loom` program: train, generate and eval end to end on a small text,
+// and one-line errors with non-zero exits for bad flags and files.
+#include "helpers.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace {
+struct Run {
+  int code;
+  std::string out, err;
+};
+
+Run run(const std::string& args) {
+  const std::string cmd = std::string(LOOM_CLI) + " " + args + " > loom_cmd_out.txt 2> loom_cmd_err.txt";
+  const int status = std::system(cmd.c_str());
+  auto slurp = [](const char* p) {
+    std::ifstream in(p);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  };
+  Run r{WEXITSTATUS(status), slurp("loom_cmd_out.txt"), slurp("loom_cmd_err.txt")};
+  std::remove("loom_cmd_out.txt");
+  std::remove("loom_cmd_err.txt");
+  return r;
+}
+}  // namespace
+
+TEST_CASE("loom train, generate and eval on a small text") {
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "to be or not to be, that is the question. ";
+  std::ofstream("loom_cli_corpus.txt") << text;
+  std::ofstream("loom_cli_config.json") << R"({"wrapper": "TransformerWrapper", "num_tokens": 256, "max_seq_len": 64,
+    "attn_layers": {"type": "Decoder", "dim": 16, "depth": 1, "heads": 2, "attn_dim_head": 8}})";
+  std::filesystem::remove_all("loom_cli_run");
+  Run t = run("train --config loom_cli_config.json --data loom_cli_corpus.txt --out loom_cli_run --steps 30 "
+              "--batch-size 4 --seq-len 32 --lr 1e-2 --warmup 5 --eval-every 30 --eval-batches 1");
+  CHECK(t.code == 0);
+  CHECK(t.out.find("held-out loss") != std::string::npos);
+  CHECK(t.out.find("done: step 30") != std::string::npos);
+  CHECK(std::filesystem::exists("loom_cli_run/checkpoint.safetensors"));
+  CHECK(std::filesystem::exists("loom_cli_run/metrics.jsonl"));
+  CHECK(std::filesystem::exists("loom_cli_run/loss.svg"));
+  Run g = run("generate --checkpoint loom_cli_run --prompt \"to be\" --max-tokens 20 --temperature 0");
+  CHECK(g.code == 0);
+  CHECK(g.out.rfind("to be", 0) == 0);
+  CHECK(g.out.size() == 5 + 20 + 1);  // the prompt, 20 bytes, a newline
+  Run e = run("eval --checkpoint loom_cli_run --data loom_cli_corpus.txt --seq-len 32 --windows 4");
+  CHECK(e.code == 0);
+  CHECK(e.out.find("bits per character") != std::string::npos);
+
+  // Errors: one line, non-zero exit.
+  Run bad_flag = run("train --config loom_cli_config.json --data loom_cli_corpus.txt --out loom_cli_run --stepz 3");
+  CHECK(bad_flag.code == 2);
+  CHECK(bad_flag.err == "loom train: unknown flag '--stepz' (try 'loom train --help')\n");
+  Run bad_value = run("train --config loom_cli_config.json --data loom_cli_corpus.txt --out loom_cli_run --steps -3");
+  CHECK(bad_value.code == 2);
+  CHECK(bad_value.err == "loom train: --steps must be an integer >= 1, got '-3' (try 'loom train --help')\n");
+  Run missing = run("generate --checkpoint nowhere --prompt hi");
+  CHECK(missing.code == 1);
+  CHECK(missing.err == "loom generate: load_safetensors: cannot open 'nowhere'\n");
+  Run no_data = run("train --config loom_cli_config.json --data /nonexistent --out loom_cli_run");
+  CHECK(no_data.code == 1);
+  CHECK(no_data.err == "loom train: load_text_corpus: '/nonexistent' does not exist\n");
+  CHECK(run("--help").code == 0);
+  CHECK(run("frobnicate").code == 2);
+  std::filesystem::remove_all("loom_cli_run");
+  std::remove("loom_cli_corpus.txt");
+  std::remove("loom_cli_config.json");
+}
