@@ -177,8 +177,10 @@ int train(int argc, char** argv) {
               static_cast<long long>(model.module().num_parameters()), corpus.files.size(), corpus.train.size(),
               corpus.val.size());
   loom::TrainResult r = loom::train_language_model(model, config_text, corpus, tc, f.count("resume") > 0);
-  std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); checkpoint in %s\n",
-              static_cast<long long>(r.step), r.val_loss, r.val_loss / std::log(2.0), tc.out_dir.c_str());
+  std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step, peak tensor "
+              "memory %.1f MB; checkpoint in %s\n",
+              static_cast<long long>(r.step), r.val_loss, r.val_loss / std::log(2.0), 1000 * r.seconds_per_step,
+              double(r.peak_memory_bytes) / 1e6, tc.out_dir.c_str());
   return r.interrupted ? 130 : 0;
 }
 

@@ -133,6 +133,7 @@ nn::AttentionLayersConfig layers_from(const json& j, const std::string& source, 
   r.integer("rel_pos_num_buckets", c.rel_pos_num_buckets, 2);
   r.integer("rel_pos_max_distance", c.rel_pos_max_distance, 2);
   r.boolean("cross_rel_pos_bias", c.cross_rel_pos_bias);
+  r.boolean("cross_attn_self_rel_pos", c.cross_attn_self_rel_pos);
   r.boolean("rotary_pos_emb", c.rotary_pos_emb);
   r.integer("rotary_emb_dim", c.rotary_emb_dim, 2);
   r.boolean("rotary_xpos", c.rotary_xpos);

@@ -35,6 +35,8 @@ AttentionLayers::AttentionLayers(const AttentionLayersConfig& c) : config(c) {
              "AttentionLayers: use at most one of alibi_pos_bias, rel_pos_bias");
   LOOM_CHECK(o.pre_norm || !o.sandwich_norm, "AttentionLayers: sandwich_norm needs pre_norm");
   LOOM_CHECK(!o.cross_rel_pos_bias || o.cross_attend, "AttentionLayers: cross_rel_pos_bias needs cross_attend");
+  LOOM_CHECK(!o.cross_attn_self_rel_pos || (o.cross_attend && o.rel_pos_bias && !o.cross_rel_pos_bias),
+             "AttentionLayers: cross_attn_self_rel_pos needs cross_attend and rel_pos_bias, and excludes cross_rel_pos_bias");
   LOOM_CHECK(!o.rotary_xpos || o.causal, "AttentionLayers: rotary_xpos needs causal attention");
 
   // Layer pattern: depth × (a, [c], f), or the custom one.
@@ -159,6 +161,7 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
       Tensor kp = in.context_pos.defined() ? in.context_pos : arange(in.context.size(1));
       cross_in.rel_pos_bias = cross_rel_pos->forward(qp, kp);
     }
+    if (config.cross_attn_self_rel_pos) cross_in.rel_pos_bias = rel_pos->forward(n, in.context.size(1));
   }
 
   Tensor x = x_in;

@@ -43,6 +43,10 @@ struct AttentionLayersConfig {
   // attention layers (x-transformers has none there), with explicit query
   // and context positions. Parameter name cross_rel_pos.relative_attention_bias.weight.
   bool cross_rel_pos_bias = false;
+  // For comparison only (x-transformers issue #229): hand the self-attention
+  // T5 bias (causal in a Decoder, right-aligned) to the cross-attention layers
+  // too. Needs rel_pos_bias; excludes cross_rel_pos_bias.
+  bool cross_attn_self_rel_pos = false;
   bool rotary_pos_emb = false;
   int64_t rotary_emb_dim = 0;  // 0 = dim_head / 2
   bool rotary_xpos = false;

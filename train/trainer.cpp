@@ -15,6 +15,7 @@
 #include <loom/core/autograd.h>
 #include <loom/core/error.h>
 #include <loom/core/safetensors.h>
+#include <loom/core/storage.h>
 #include <loom/models/autoregressive.h>
 #include <loom/ops/ops.h>
 #include <loom/train/optim.h>
@@ -183,11 +184,14 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   TrainResult result;
   const auto start = Clock::now();
   const int64_t first_step = step;
+  double step_seconds = 0;
+  reset_peak_memory_stats();
   double tokens = 0;
   const int64_t eval_windows = tc.eval_batches * tc.batch_size;
 
   const int64_t last_step = tc.stop_after > 0 ? std::min(tc.steps, step + tc.stop_after) : tc.steps;
   while (step < last_step && !interrupted) {
+    const auto step_start = Clock::now();
     opt.set_lr(schedule.at(step));
     opt.zero_grad();
     double loss_sum = 0;
@@ -201,6 +205,7 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
     if (tc.grad_clip > 0) clip_grad_norm(net.parameters(), tc.grad_clip);
     opt.step();
     ++step;
+    step_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
     const double loss = loss_sum / double(tc.grad_accum);
     result.train_loss = loss;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -241,6 +246,8 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   std::signal(SIGINT, previous_handler);
   result.step = step;
   result.interrupted = interrupted;
+  result.seconds_per_step = step_seconds / double(std::max<int64_t>(1, step - first_step));
+  result.peak_memory_bytes = max_memory_allocated();
   return result;
 }
 

@@ -37,6 +37,8 @@ struct TrainResult {
   int64_t step = 0;  // steps done in all
   double train_loss = 0, val_loss = 0;
   bool interrupted = false;
+  double seconds_per_step = 0;       // wall time of this run's steps (evaluations excluded)
+  int64_t peak_memory_bytes = 0;     // largest tensor memory in use during this run
 };
 
 // Trains model (a causal TransformerWrapper over byte tokens) on the corpus.
