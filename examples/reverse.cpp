@@ -26,7 +26,7 @@ std::pair<Tensor, Tensor> batch(int64_t b, Generator& g) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t steps = 1500;
+  int64_t steps = 600;
   for (int i = 1; i + 1 < argc; i += 2)
     if (!std::strcmp(argv[i], "--steps")) steps = std::atoll(argv[i + 1]);
   try {

@@ -119,6 +119,8 @@ nn::AttentionLayersConfig layers_from(const json& j, const std::string& source, 
   r.boolean("pre_norm", c.pre_norm);
   r.boolean("sandwich_norm", c.sandwich_norm);
   r.boolean("macaron", c.macaron);
+  r.boolean("residual_attn", c.residual_attn);
+  r.boolean("cross_residual_attn", c.cross_residual_attn);
   r.custom("custom_layers", [&](const json& v) {
     if (!v.is_array() || v.empty()) r.bad("custom_layers", v, "a non-empty list of \"a\", \"c\", \"f\"");
     c.custom_layers.clear();

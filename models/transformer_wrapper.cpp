@@ -57,7 +57,8 @@ TransformerWrapper::TransformerWrapper(const TransformerWrapperConfig& c) : conf
 }
 
 bool TransformerWrapper::can_cache_kv() const {
-  return config.num_memory_tokens == 0 && attn_layers->config.causal && !attn_layers->config.attn.selective;
+  const nn::AttentionLayersConfig& l = attn_layers->config;
+  return config.num_memory_tokens == 0 && l.causal && !l.attn.selective && !l.residual_attn && !l.cross_residual_attn;
 }
 
 Tensor TransformerWrapper::forward(const Tensor& tokens, const WrapperInputs& in, nn::LayersCache* cache) const {

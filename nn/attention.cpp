@@ -119,9 +119,28 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
   a.key_padding_mask = key_mask;
   a.attn_mask = in.attn_mask;
   a.bias = in.attn_bias.defined() ? in.attn_bias : rel_bias;
+  a.scale = o.qk_norm ? o.qk_norm_scale : 1.0 / std::sqrt(double(o.dim_head));
+  if (in.prev_attn.defined() || in.pre_softmax_out) {
+    // Residual attention, as x-transformers: logits = scale·q·kᵀ + prev + bias,
+    // masked with the largest negative float, handed on before the softmax.
+    LOOM_CHECK(!o.selective && !in.cache, "Attention: residual attention cannot be combined with selective attention ",
+               "or a KV cache");
+    const int64_t i = q.size(2), j = k.size(2);
+    std::vector<int64_t> heads;
+    for (int64_t h = 0; h < o.heads; ++h) heads.push_back(h % o.kv_heads);
+    Tensor s = matmul(q, index_select(k, 1, tensor(heads)).transpose(-1, -2)) * float(*a.scale);
+    if (in.prev_attn.defined()) s = s + in.prev_attn;
+    if (a.bias.defined()) s = s + a.bias;
+    Tensor allowed = ones({1, 1, i, j}, kBool);
+    if (key_mask.defined()) allowed = logical_and(allowed, key_mask.view({b, 1, 1, j}));
+    if (in.attn_mask.defined()) allowed = logical_and(allowed, in.attn_mask);
+    if (o.causal) allowed = logical_and(allowed, tril(ones({i, j}, kBool), j - i));
+    s = masked_fill(s, logical_not(allowed), -3.4028234663852886e38);
+    if (in.pre_softmax_out) *in.pre_softmax_out = s;
+    if (in.prev_attn.defined()) a.bias = a.bias.defined() ? in.prev_attn + a.bias : in.prev_attn;
+  }
   a.causal = o.causal;
   a.selective = o.selective;
-  a.scale = o.qk_norm ? o.qk_norm_scale : 1.0 / std::sqrt(double(o.dim_head));
   a.dropout = is_training() ? o.dropout : 0.0;
   a.generator = generator;
   Tensor out = attention(q, k, v, a);                                   // (b, h, n, dv)

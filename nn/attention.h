@@ -55,6 +55,11 @@ struct AttentionInputs {
   Tensor rel_pos_bias;  // additive (h, i, j) or (b, h, i, j) from a position bias; padded for memory columns
   const RotaryEmbedding::Output* rotary = nullptr;  // angles for q and k (self-attention)
   KVCache* cache = nullptr;  // when set: x holds only the new positions; the cache is read and extended
+  // Residual attention (RealFormer): the previous layer's pre-softmax logits,
+  // added to this layer's; and where to put this layer's for the next one.
+  // Either one materialises the (b, h, i, j) logits.
+  Tensor prev_attn;
+  Tensor* pre_softmax_out = nullptr;
 };
 
 class Attention : public Module {

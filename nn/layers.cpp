@@ -28,6 +28,12 @@ Tensor Linear::forward(const Tensor& x) const {
   return linear(x, weight, bias);
 }
 
+// ---- Dropout -------------------------------------------------------------------
+
+Dropout::Dropout(double p_) : p(p_) { LOOM_CHECK(p >= 0 && p < 1, "Dropout: p must be in [0, 1), got ", p); }
+
+Tensor Dropout::forward(const Tensor& x) const { return dropout(x, p, is_training() && p > 0); }
+
 // ---- norms -------------------------------------------------------------------
 
 LayerNorm::LayerNorm(int64_t d, bool offset) : dim(d), unit_offset(offset) {

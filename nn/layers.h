@@ -23,6 +23,15 @@ class Linear : public Module {
   Tensor weight, bias;  // bias undefined when bias = false
 };
 
+// Zeroes each element with probability p in training mode and scales the
+// rest by 1 / (1 - p); the identity in eval mode (torch.nn.Dropout).
+class Dropout : public Module {
+ public:
+  explicit Dropout(double p = 0.5);
+  Tensor forward(const Tensor& x) const;
+  double p;
+};
+
 // (x - mean) / sqrt(var + 1e-5) * (gamma + offset); parameter `gamma`.
 class LayerNorm : public Module {
  public:

@@ -164,8 +164,11 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
     if (config.cross_attn_self_rel_pos) cross_in.rel_pos_bias = rel_pos->forward(n, in.context.size(1));
   }
 
+  LOOM_CHECK(!(cache && (config.residual_attn || config.cross_residual_attn)),
+             "AttentionLayers: residual attention cannot be combined with a KV cache");
   Tensor x = x_in;
   size_t attn_index = 0;
+  Tensor prev_attn, prev_cross_attn;  // residual attention: the last pre-softmax logits
   for (const Layer& l : stack_) {
     const Tensor residual = x;
     Tensor h = l.pre_norm ? norm(l.pre_norm, x) : x;
@@ -176,7 +179,13 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
     } else {
       AttentionInputs& ai = l.type == "a" ? self_in : cross_in;
       ai.cache = cache ? &cache->layers[attn_index++] : nullptr;
+      const bool residual = l.type == "a" ? config.residual_attn : config.cross_residual_attn;
+      Tensor& prev = l.type == "a" ? prev_attn : prev_cross_attn;
+      Tensor next;
+      ai.prev_attn = residual ? prev : Tensor();
+      ai.pre_softmax_out = residual ? &next : nullptr;
       out = l.attention->forward(h, ai);
+      if (residual) prev = next;
     }
     if (l.post_branch_norm) out = norm(l.post_branch_norm, out);
     x = out + residual;

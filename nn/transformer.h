@@ -32,6 +32,8 @@ struct AttentionLayersConfig {
   bool pre_norm = true;
   bool sandwich_norm = false;
   bool macaron = false;
+  bool residual_attn = false;        // RealFormer: each self-attention adds the previous one's pre-softmax logits
+  bool cross_residual_attn = false;  // the same across cross-attention layers
   std::vector<std::string> custom_layers;  // e.g. {"a", "c", "f"}; replaces depth × default block
   // position encodings
   bool alibi_pos_bias = false;

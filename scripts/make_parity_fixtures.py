@@ -116,7 +116,7 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim_context, heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
 
-    def forward(self, x, context=None, mask=None, context_mask=None, bias=None, freqs=None):
+    def forward(self, x, context=None, mask=None, context_mask=None, bias=None, freqs=None, prev_attn=None):
         kv = x if context is None else context
         b, n, _ = x.shape
         split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -124,6 +124,8 @@ class Attention(nn.Module):
         if freqs is not None:
             q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
         sim = q @ k.transpose(-1, -2) * self.dim_head ** -0.5
+        if prev_attn is not None:  # residual attention (RealFormer)
+            sim = sim + prev_attn
         if bias is not None:
             sim = sim + bias
         i, j = sim.shape[-2:]
@@ -143,6 +145,7 @@ class Attention(nn.Module):
             gate = gate * (1. - eye)
             gate = F.pad(gate, (0, 0, 1, -1), value=0.)
             sim = sim - gate.cumsum(dim=-2)[:, None]
+        self.pre_softmax_attn = sim
         attn = sim.softmax(dim=-1)
         out = attn @ v
         row_empty = ~final.any(dim=-1, keepdim=True)
@@ -156,9 +159,9 @@ class Attention(nn.Module):
 class AttentionLayers(nn.Module):
     def __init__(self, dim, depth, heads, dim_head, causal, cross_attend=False, rel_pos_bias=False,
                  cross_rel_pos_bias=False, alibi_pos_bias=False, rotary_pos_emb=False, selective=False,
-                 cross_attn_dim_context=None):
+                 cross_attn_dim_context=None, residual_attn=False):
         super().__init__()
-        self.causal, self.heads = causal, heads
+        self.causal, self.heads, self.residual_attn = causal, heads, residual_attn
         types = (['a', 'c', 'f'] if cross_attend else ['a', 'f']) * depth
         self.layer_types = types
         self.layers = nn.ModuleList()
@@ -194,10 +197,13 @@ class AttentionLayers(nn.Module):
             freqs, _ = rotary_freqs(self.rotary_dim, torch.arange(n))
         if self.cross_rel_pos is not None:
             cross_bias = self.cross_rel_pos(torch.arange(n), torch.arange(context.shape[1]))
+        prev = None
         for t, (norms, block, _) in zip(self.layer_types, self.layers):
             h = norms[0](x)
             if t == 'a':
-                out = block(h, mask=mask, bias=bias, freqs=freqs)
+                out = block(h, mask=mask, bias=bias, freqs=freqs, prev_attn=prev)
+                if self.residual_attn:
+                    prev = block.pre_softmax_attn
             elif t == 'c':
                 out = block(h, context=context, mask=mask, context_mask=context_mask, bias=cross_bias)
             else:
@@ -383,6 +389,14 @@ def main(root):
                                    'ff_mult': 2}},
                   model, {'input': images}, grads=True)
 
+    # 7. A decoder with residual attention (RealFormer) and a T5 bias, with a padding mask.
+    layers = AttentionLayers(16, 3, 2, 8, causal=True, rel_pos_bias=True, residual_attn=True)
+    model = TransformerWrapper(V, 16, layers, 16, use_abs_pos_emb=False)
+    randomize(model, gen)
+    write_fixture(root, 'decoder_residual_attn',
+                  wrapper_config({'type': 'Decoder', 'dim': 16, 'depth': 3, 'heads': 2, 'attn_dim_head': 8,
+                                  'ff_mult': 2, 'rel_pos_bias': True, 'residual_attn': True}, False),
+                  model, {'input': tokens, 'mask': mask}, grads=True)
 
 if __name__ == '__main__':
     main(sys.argv[1] if len(sys.argv) > 1 else 'tests/fixtures/parity')

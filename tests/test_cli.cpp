@@ -53,6 +53,23 @@ TEST_CASE("loom train, generate and eval on a small text") {
   CHECK(e.code == 0);
   CHECK(e.out.find("bits per character") != std::string::npos);
 
+  // Ctrl-C: SIGINT after 2 s stops a long run with a checkpoint and exit code 130.
+  std::filesystem::remove_all("loom_cli_run");
+  const std::string long_run = std::string("timeout --preserve-status -s INT 2 ") + LOOM_CLI +
+                               " train --config loom_cli_config.json --data loom_cli_corpus.txt --out loom_cli_run"
+                               " --steps 1000000 --batch-size 2 --seq-len 16 --eval-every 1000000"
+                               " --checkpoint-every 1000000 > loom_cmd_out.txt 2>&1";
+  const int status = std::system(long_run.c_str());
+  CHECK(WEXITSTATUS(status) == 130);
+  CHECK(std::filesystem::exists("loom_cli_run/checkpoint.safetensors"));
+  {
+    std::ifstream in("loom_cmd_out.txt");
+    std::stringstream s;
+    s << in.rdbuf();
+    CHECK(s.str().find("interrupted: checkpoint saved at step") != std::string::npos);
+  }
+  std::remove("loom_cmd_out.txt");
+
   // Errors: one line, non-zero exit.
   Run bad_flag = run("train --config loom_cli_config.json --data loom_cli_corpus.txt --out loom_cli_run --stepz 3");
   CHECK(bad_flag.code == 2);

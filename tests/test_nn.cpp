@@ -368,3 +368,44 @@ TEST_CASE("Gradient checks through the layers: FeedForward (GLU), norms, a small
                       .ff = {.mult = 1}});
   CHECK_GRADCHECK([&](const Inputs& in) { return dec->forward(in[0]); }, {randn({1, 4, 6}, g).requires_grad_()});
 }
+
+TEST_CASE("cross_attn_self_rel_pos hands the causal self-attention bias to cross-attention (for comparisons)") {
+  manual_seed(22);
+  Generator g(23);
+  auto reuse = Decoder({.dim = 8, .depth = 1, .heads = 2, .cross_attend = true, .rel_pos_bias = true,
+                        .cross_attn_self_rel_pos = true, .attn = {.dim_head = 4}});
+  Tensor x = randn({1, 5, 8}, g), ctx = randn({1, 5, 8}, g);
+  // By hand: the cross layer gets rel_pos(5, 5), the same bias as self-attention.
+  Tensor bias = reuse->rel_pos->forward(5, 5);
+  Tensor h = x;
+  for (size_t i = 0; i < reuse->layer_types.size(); ++i) {
+    auto entry = reuse->layers->get<ModuleList>(i);
+    auto norm = entry->get<ModuleList>(0)->get<LayerNorm>(0);
+    const std::string& t = reuse->layer_types[i];
+    if (t == "f") h = h + entry->get<FeedForward>(1)->forward(norm->forward(h));
+    else if (t == "a") h = h + entry->get<nn::Attention>(1)->forward(norm->forward(h), {.rel_pos_bias = bias});
+    else h = h + entry->get<nn::Attention>(1)->forward(norm->forward(h), {.context = ctx, .rel_pos_bias = bias});
+  }
+  h = std::static_pointer_cast<LayerNorm>(reuse->final_norm)->forward(h);
+  CHECK(reuse->forward(x, {.context = ctx}).to_vector<float>() == h.to_vector<float>());
+  CHECK_THROWS_WITH_AS(Decoder({.dim = 8, .depth = 1, .heads = 2, .cross_attend = true, .cross_attn_self_rel_pos = true}),
+                       "AttentionLayers: cross_attn_self_rel_pos needs cross_attend and rel_pos_bias, and excludes "
+                       "cross_rel_pos_bias",
+                       Error);
+}
+
+TEST_CASE("nn::Dropout: drops and rescales in training, identity in eval") {
+  manual_seed(30);
+  nn::Dropout drop(0.25);
+  Tensor x = ones({4000});
+  std::vector<float> y = drop.forward(x).to_vector<float>();
+  int64_t zeros_seen = 0;
+  for (float v : y) {
+    CHECK((v == 0.0f || v == doctest::Approx(1.0f / 0.75f)));
+    zeros_seen += v == 0.0f;
+  }
+  CHECK(std::abs(double(zeros_seen) / 4000 - 0.25) < 0.03);
+  drop.eval();
+  CHECK(drop.forward(x).to_vector<float>() == x.to_vector<float>());
+  CHECK_THROWS_WITH_AS(nn::Dropout(1.0), "Dropout: p must be in [0, 1), got 1", Error);
+}

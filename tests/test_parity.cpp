@@ -2,7 +2,7 @@
 // x-transformers' semantics by scripts/make_parity_fixtures.py (run outside
 // CI), saved as config + safetensors + .npy. loom builds each from its JSON
 // config, loads the weights by name, and must reproduce the outputs (and,
-// for four of them, the parameter gradients) to 1e-4 relative.
+// for five of them, the parameter gradients) to 1e-4 relative.
 #include "helpers.h"
 
 #include <loom/loom.h>
@@ -54,7 +54,7 @@ Fixture load(const std::string& name) {
 
 TEST_CASE("parity with PyTorch: outputs of every fixture model") {
   for (const char* name : {"decoder_rotary", "encoder_alibi_positions", "decoder_rel_pos_cross",
-                           "encoder_cross_dim_context", "decoder_selective", "vit"}) {
+                           "encoder_cross_dim_context", "decoder_selective", "vit", "decoder_residual_attn"}) {
     const std::string fixture = name;
     CAPTURE(fixture);
     Fixture f = load(name);
@@ -66,7 +66,7 @@ TEST_CASE("parity with PyTorch: outputs of every fixture model") {
 }
 
 TEST_CASE("parity with PyTorch: parameter gradients") {
-  for (const char* name : {"decoder_rotary", "decoder_rel_pos_cross", "decoder_selective", "vit"}) {
+  for (const char* name : {"decoder_rotary", "decoder_rel_pos_cross", "decoder_selective", "vit", "decoder_residual_attn"}) {
     const std::string fixture = name;
     CAPTURE(fixture);
     Fixture f = load(name);
