@@ -25,30 +25,59 @@ std::vector<float> run(Optimizer& opt, Tensor& p, const Problem& pr) {
   }
   return p.to_vector<float>();
 }
+
+// PyTorch's SGD rule, in double, over the given gradients.
+std::vector<double> sgd_reference(const std::vector<float>& p0, const std::vector<std::vector<float>>& grads,
+                                  const SGDOptions& o) {
+  std::vector<double> want;
+  for (size_t k = 0; k < p0.size(); ++k) {
+    double w = p0[k], buf = 0;
+    for (size_t s = 0; s < grads.size(); ++s) {
+      double d = grads[s][k] + o.weight_decay * w;
+      if (o.momentum > 0) {
+        buf = s == 0 ? d : o.momentum * buf + (1 - o.dampening) * d;
+        d = o.nesterov ? d + o.momentum * buf : buf;
+      }
+      w -= o.lr * d;
+    }
+    want.push_back(w);
+  }
+  return want;
+}
+
+// PyTorch's Adam (L2 decay) or AdamW (decoupled decay) rule, in double.
+std::vector<double> adam_reference(const std::vector<float>& p0, const std::vector<std::vector<float>>& grads,
+                                   const AdamOptions& o, bool decoupled, double wd) {
+  std::vector<double> want;
+  for (size_t k = 0; k < p0.size(); ++k) {
+    double w = p0[k], m = 0, v = 0;
+    for (size_t s = 0; s < grads.size(); ++s) {
+      const double t = double(s + 1);
+      double g = grads[s][k];
+      if (decoupled) w *= 1 - o.lr * wd;
+      else g += wd * w;
+      m = o.beta1 * m + (1 - o.beta1) * g;
+      v = o.beta2 * v + (1 - o.beta2) * g * g;
+      w -= o.lr / (1 - std::pow(o.beta1, t)) * m / (std::sqrt(v) / std::sqrt(1 - std::pow(o.beta2, t)) + o.eps);
+    }
+    want.push_back(w);
+  }
+  return want;
+}
+
+const SGDOptions kSGDCases[] = {
+    {.lr = 0.1},
+    {.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .weight_decay = 0.01},
+    {.lr = 0.05, .momentum = 0.8, .weight_decay = 0.1, .nesterov = true}};
 }  // namespace
 
 TEST_CASE("SGD: plain, momentum with dampening, Nesterov, weight decay") {
   Problem pr;
-  for (SGDOptions o : {SGDOptions{.lr = 0.1}, SGDOptions{.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .weight_decay = 0.01},
-                       SGDOptions{.lr = 0.05, .momentum = 0.8, .weight_decay = 0.1, .nesterov = true}}) {
+  for (const SGDOptions& o : kSGDCases) {
     CAPTURE(o.momentum);
     Tensor p = from_vector(pr.p0, {2, 3}).requires_grad_();
     SGD opt({{"w", p}}, o);
-    std::vector<float> got = run(opt, p, pr);
-    std::vector<double> want;
-    for (size_t k = 0; k < 6; ++k) {
-      double w = pr.p0[k], buf = 0;
-      for (size_t s = 0; s < 3; ++s) {
-        double d = pr.grads[s][k] + o.weight_decay * w;
-        if (o.momentum > 0) {
-          buf = s == 0 ? d : o.momentum * buf + (1 - o.dampening) * d;
-          d = o.nesterov ? d + o.momentum * buf : buf;
-        }
-        w -= o.lr * d;
-      }
-      want.push_back(w);
-    }
-    CHECK(close_or_same(got, want, 1e-6, 1e-5));
+    CHECK(close_or_same(run(opt, p, pr), sgd_reference(pr.p0, pr.grads, o), 1e-6, 1e-5));
   }
 }
 
@@ -69,22 +98,46 @@ TEST_CASE("Adam and AdamW: bias correction, L2 versus decoupled decay, no decay 
     for (int dims : {2, 1}) {
       CAPTURE(dims);
       const double wd = decoupled && dims == 1 ? 0.0 : 0.1;  // AdamW: 1-D parameters do not decay
-      std::vector<double> want;
-      for (size_t k = 0; k < 6; ++k) {
-        double w = pr.p0[k], m = 0, v = 0;
-        for (size_t s = 0; s < 3; ++s) {
-          const double t = double(s + 1);
-          double g = pr.grads[s][k];
-          if (decoupled) w *= 1 - 0.01 * wd;
-          else g += wd * w;
-          m = 0.8 * m + 0.2 * g;
-          v = 0.95 * v + 0.05 * g * g;
-          w -= 0.01 / (1 - std::pow(0.8, t)) * m / (std::sqrt(v) / std::sqrt(1 - std::pow(0.95, t)) + 1e-6);
-        }
-        want.push_back(w);
-      }
-      CHECK(close_or_same((dims == 2 ? w2 : w1).to_vector<float>(), want, 1e-6, 1e-5));
+      CHECK(close_or_same((dims == 2 ? w2 : w1).to_vector<float>(), adam_reference(pr.p0, pr.grads, o, decoupled, wd),
+                          1e-6, 1e-5));
     }
+  }
+}
+
+// The updates run as SIMD kernels: full batches and a tail, on every
+// instruction set, over lengths around the batch widths (4, 8, 16 lanes).
+TEST_CASE("Optimizer updates match the reference on every instruction set and length") {
+  Generator gen(7);
+  for (int64_t n : {1, 3, 8, 13, 16, 37, 1003}) {
+    CAPTURE(n);
+    const std::vector<float> p0 = randn({n}, gen).to_vector<float>();
+    std::vector<std::vector<float>> grads;
+    for (int s = 0; s < 3; ++s) grads.push_back(randn({n}, gen).to_vector<float>());
+    for_each_isa([&](const std::string& isa) {
+      CAPTURE(isa);
+      auto steps = [&](Optimizer& opt, Tensor& p) {
+        for (const auto& g : grads) {
+          p.mutable_grad() = from_vector(g, {n});
+          opt.step();
+        }
+        return p.to_vector<float>();
+      };
+      for (const SGDOptions& o : kSGDCases) {
+        CAPTURE(o.momentum);
+        Tensor p = from_vector(p0, {n}).requires_grad_();
+        SGD opt({{"w", p}}, o);
+        CHECK(close_or_same(steps(opt, p), sgd_reference(p0, grads, o), 1e-6, 1e-5));
+      }
+      const AdamOptions o{.lr = 0.01, .beta1 = 0.8, .beta2 = 0.95, .eps = 1e-6, .weight_decay = 0.1, .decay_1d = true};
+      for (bool decoupled : {false, true}) {
+        CAPTURE(decoupled);
+        Tensor p = from_vector(p0, {n}).requires_grad_();
+        std::unique_ptr<Optimizer> opt;
+        if (decoupled) opt = std::make_unique<AdamW>(NamedParams{{"w", p}}, o);
+        else opt = std::make_unique<Adam>(NamedParams{{"w", p}}, o);
+        CHECK(close_or_same(steps(*opt, p), adam_reference(p0, grads, o, decoupled, 0.1), 1e-6, 1e-5));
+      }
+    });
   }
 }
 

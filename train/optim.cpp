@@ -5,6 +5,7 @@
 #include <loom/core/autograd.h>
 #include <loom/core/error.h>
 #include <loom/core/parallel.h>
+#include <loom/ops/kernels/kernels.h>
 #include <loom/ops/ops.h>
 
 namespace loom {
@@ -92,15 +93,9 @@ void SGD::step() {
     float* w = data_of(p, "SGD", name);
     const float* g = grad.data_ptr<float>();
     float* buf = mu > 0 ? state(i, "momentum_buffer").data_ptr<float>() : nullptr;
+    const kernels::SGDStep s{lr, mu, damp, wd, first, nesterov};
     over_elements(p.numel(), [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) {
-        float d = g[k] + wd * w[k];
-        if (buf) {
-          buf[k] = first ? d : mu * buf[k] + (1 - damp) * d;
-          d = nesterov ? d + mu * buf[k] : buf[k];
-        }
-        w[k] -= lr * d;
-      }
+      kernels::table().sgd_update(w + b, g + b, buf ? buf + b : nullptr, e - b, s);
     });
   }
   ++steps_;
@@ -140,13 +135,9 @@ void Adam::step() {
     const bool decays = !decoupled || options.decay_1d || p.dim() >= 2;
     const float wd = decays ? float(options.weight_decay) : 0.0f;
     const float shrink = decoupled ? float(1 - lr_ * wd) : 1.0f, l2 = decoupled ? 0.0f : wd;
+    const kernels::AdamStep s{b1, b2, eps, step_size, inv_sqrt_bc2, shrink, l2};
     over_elements(p.numel(), [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) {
-        const float gk = g[k] + l2 * w[k];
-        m[k] = b1 * m[k] + (1 - b1) * gk;
-        v[k] = b2 * v[k] + (1 - b2) * gk * gk;
-        w[k] = w[k] * shrink - step_size * m[k] / (std::sqrt(v[k]) * inv_sqrt_bc2 + eps);
-      }
+      kernels::table().adam_update(w + b, g + b, m + b, v + b, e - b, s);
     });
   }
 }

@@ -23,6 +23,19 @@ enum class UnaryOp : uint8_t {
 };
 enum class BinaryOp : uint8_t { Add, Sub, Mul, Div, Maximum, Minimum, Pow };
 
+// The per-step constants of one optimizer update (train/optim.cpp states the rules).
+struct AdamStep {
+  float beta1, beta2, eps;
+  float step_size;     // lr / (1 − β₁ᵗ)
+  float inv_sqrt_bc2;  // 1 / √(1 − β₂ᵗ)
+  float shrink;        // AdamW's decoupled decay: 1 − lr·wd (1 for Adam)
+  float l2;            // Adam's L2 term added to the gradient (0 for AdamW)
+};
+struct SGDStep {
+  float lr, momentum, dampening, weight_decay;
+  bool first, nesterov;  // first: the momentum buffer starts as the gradient
+};
+
 struct Table {
   const char* name;  // "avx512", "avx2", "sse2"
 
@@ -66,6 +79,14 @@ struct Table {
   // C are row-major with row strides ldb and ldc.
   void (*gemm)(const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C, int64_t ldc,
                int64_t m, int64_t n, int64_t k, float alpha, bool accumulate);
+
+  // One fused optimizer update over n elements of a parameter w with gradient g:
+  //   Adam/AdamW: g ← g + l2·w;  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;
+  //               w ← w·shrink − step_size · m / (√v · inv_sqrt_bc2 + ε)
+  //   SGD:        d ← g + wd·w;  buf ← first ? d : μ·buf + (1 − dampening)·d  (buf null: no momentum);
+  //               d ← nesterov ? d + μ·buf : buf;  w ← w − lr·d
+  void (*adam_update)(float* w, const float* g, float* m, float* v, int64_t n, const AdamStep& s);
+  void (*sgd_update)(float* w, const float* g, float* buf, int64_t n, const SGDStep& s);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by

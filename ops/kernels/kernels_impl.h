@@ -11,6 +11,7 @@
 // For the same reason the kernels call no inline std:: functions.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include <xsimd/xsimd.hpp>
@@ -428,12 +429,63 @@ void gemm(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ld
   for (; r < m; ++r) one_row(r, 0);
 }
 
+// The optimizer updates: full batches, then the tail through the same
+// expression on a one-lane-at-a-time copy, so every element follows one rule.
+template <class A>
+void adam_update(float* w, const float* g, float* m, float* v, int64_t n, const AdamStep& s) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const B b1(s.beta1), c1(1 - s.beta1), b2(s.beta2), c2(1 - s.beta2), eps(s.eps), step(s.step_size),
+      ibc2(s.inv_sqrt_bc2), shrink(s.shrink), l2(s.l2);
+  auto update = [&](float* wp, const float* gp, float* mp, float* vp) {
+    const B wi = B::load_unaligned(wp), gi = B::load_unaligned(gp) + l2 * wi;
+    const B mi = b1 * B::load_unaligned(mp) + c1 * gi, vi = b2 * B::load_unaligned(vp) + c2 * gi * gi;
+    mi.store_unaligned(mp), vi.store_unaligned(vp);
+    (wi * shrink - step * mi / (xsimd::sqrt(vi) * ibc2 + eps)).store_unaligned(wp);
+  };
+  int64_t i = 0;
+  for (; i + W <= n; i += W) update(w + i, g + i, m + i, v + i);
+  if (i == n) return;
+  alignas(64) float tw[W] = {}, tg[W] = {}, tm[W] = {}, tv[W] = {};
+  const int64_t r = n - i;
+  std::copy(w + i, w + n, tw), std::copy(g + i, g + n, tg), std::copy(m + i, m + n, tm), std::copy(v + i, v + n, tv);
+  update(tw, tg, tm, tv);
+  std::copy(tw, tw + r, w + i), std::copy(tm, tm + r, m + i), std::copy(tv, tv + r, v + i);
+}
+
+template <class A>
+void sgd_update(float* w, const float* g, float* buf, int64_t n, const SGDStep& s) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const B lr(s.lr), mu(s.momentum), keep(1 - s.dampening), wd(s.weight_decay);
+  auto update = [&](float* wp, const float* gp, float* bp) {
+    const B wi = B::load_unaligned(wp);
+    B d = B::load_unaligned(gp) + wd * wi;
+    if (bp) {
+      const B b = s.first ? d : mu * B::load_unaligned(bp) + keep * d;
+      b.store_unaligned(bp);
+      d = s.nesterov ? d + mu * b : b;
+    }
+    (wi - lr * d).store_unaligned(wp);
+  };
+  int64_t i = 0;
+  for (; i + W <= n; i += W) update(w + i, g + i, buf ? buf + i : nullptr);
+  if (i == n) return;
+  alignas(64) float tw[W] = {}, tg[W] = {}, tb[W] = {};
+  const int64_t r = n - i;
+  std::copy(w + i, w + n, tw), std::copy(g + i, g + n, tg);
+  if (buf) std::copy(buf + i, buf + n, tb);
+  update(tw, tg, buf ? tb : nullptr);
+  std::copy(tw, tw + r, w + i);
+  if (buf) std::copy(tb, tb + r, buf + i);
+}
+
 template <class A>
 Table make_table(const char* name) {
   return Table{name,          &unary<A>,        &unary_backward<A>,   &binary<A>,
                &sum<A>,       &max<A>,          &softmax<A>,          &softmax_backward<A>,
                &logsumexp<A>, &softmax_minus<A>, &norm<A>,            &norm_backward<A>,
-               &norm_param_grads<A>, &gemm<A>};
+               &norm_param_grads<A>, &gemm<A>,   &adam_update<A>,     &sgd_update<A>};
 }
 
 }  // namespace
