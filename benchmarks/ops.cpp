@@ -2,11 +2,13 @@
 //
 //   elementwise and reductions   GB/s, against a plain memcpy (the machine's copy bandwidth)
 //   matmul                       GFLOP/s at 256³ .. 2048³, 1 and 2 threads, against dnnl_sgemm
-//   linear                       fused bias, against dnnl_sgemm followed by a bias loop
+//   linear                       fused bias, against dnnl_sgemm followed by a bias loop; the
+//                                demos' linears forward and backward (dx, dW), against dnnl_sgemm
 //   softmax, layer_norm,         time, against a plain single-threaded scalar loop
 //   cross_entropy
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -83,45 +85,77 @@ void elementwise_cases(Reporter& rep) {
   add_case("sum_cols_4096x4096", mb, [&] { m.sum({0}); });
 }
 
-void matmul_cases(Reporter& rep) {
+// One product, loom against dnnl_sgemm on the same operands, at 1 and 2
+// threads. Kinds: "nn" matmul(A[m,k], B[k,n]); "linear" linear(x[m,k],
+// W[n,k], bias) against sgemm('N','T') and a bias loop; "tn" matmul(Aᵀ, B)
+// with A stored [k,m] (the weight gradient dW = dyᵀ · x of a linear).
+struct GemmCase {
+  std::string name, kind;
+  int64_t m, k, n;
+};
+
+void gemm_case(Reporter& rep, const GemmCase& gc) {
   const int max_threads = omp_get_max_threads();
-  for (int64_t s : {256, 512, 1024, 2048}) {
-    Tensor a = randn({s, s}), b = randn({s, s}), c = empty({s, s});
-    const double flops = 2.0 * double(s) * double(s) * double(s);
-    for (int threads : {1, 2}) {
-      const std::string name = "matmul_" + std::to_string(s) + "_t" + std::to_string(threads);
-      if (!rep.wants(name) || threads > max_threads) continue;
-      omp_set_num_threads(threads);
-      const int repeat = s >= 2048 ? 3 : rep.repeat();
-      double loom_ms = time_ms([&] { matmul(a, b); }, repeat);
-      double raw_ms = time_ms(
-          [&] {
-            dnnl_sgemm('N', 'N', s, s, s, 1.0f, a.data_ptr<float>(), s, b.data_ptr<float>(), s, 0.0f,
-                       c.data_ptr<float>(), s);
-          },
-          repeat);
-      rep.add({"", name, "throughput", "GFLOP/s", "dnnl_sgemm", flops / (loom_ms * 1e6), flops / (raw_ms * 1e6), true});
+  const int64_t m = gc.m, k = gc.k, n = gc.n;
+  Tensor a = gc.kind == "tn" ? randn({k, m}) : randn({m, k});
+  Tensor b = gc.kind == "linear" ? randn({n, k}) : randn({k, n});
+  Tensor bias = randn({n}), c = empty({m, n});
+  const double flops = 2.0 * double(m) * double(k) * double(n);
+  for (int threads : {1, 2}) {
+    const std::string name = gc.name + "_t" + std::to_string(threads);
+    if (!rep.wants(name) || threads > max_threads) continue;
+    omp_set_num_threads(threads);
+    const int repeat = flops > 1e10 ? 3 : std::max(rep.repeat(), flops < 1e9 ? 50 : 0);
+    std::function<void()> loom_run, raw_run;
+    float* cp = c.data_ptr<float>();
+    const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>(), *biasp = bias.data_ptr<float>();
+    if (gc.kind == "nn") {
+      loom_run = [&] { matmul(a, b); };
+      raw_run = [&] { dnnl_sgemm('N', 'N', m, n, k, 1.0f, ap, k, bp, n, 0.0f, cp, n); };
+    } else if (gc.kind == "tn") {
+      loom_run = [&] { matmul(a.t(), b); };
+      raw_run = [&] { dnnl_sgemm('T', 'N', m, n, k, 1.0f, ap, m, bp, n, 0.0f, cp, n); };
+    } else {
+      loom_run = [&] { linear(a, b, bias); };
+      raw_run = [&] {  // y = x · wᵀ, then the bias in a second pass
+        dnnl_sgemm('N', 'T', m, n, k, 1.0f, ap, k, bp, k, 0.0f, cp, n);
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t j = 0; j < n; ++j) cp[r * n + j] += biasp[j];
+      };
     }
+    // Interleaved, so a slow spell of the machine hits both alike.
+    double loom_ms = 0, raw_ms = 0;
+    for (int round = 0; round < 3; ++round) {
+      const double l = time_ms(loom_run, repeat), r = time_ms(raw_run, repeat);
+      loom_ms = round ? std::min(loom_ms, l) : l;
+      raw_ms = round ? std::min(raw_ms, r) : r;
+    }
+    rep.add({"", name, "throughput", "GFLOP/s", gc.kind == "linear" ? "dnnl_sgemm+bias" : "dnnl_sgemm",
+             flops / (loom_ms * 1e6), flops / (raw_ms * 1e6), true});
   }
   omp_set_num_threads(max_threads);
-  const std::string name = "linear_4096x1024x1024";
-  if (rep.wants(name)) {
-    const int64_t rows = 4096, in = 1024, outf = 1024;
-    Tensor x = randn({rows, in}), w = randn({outf, in}), bias = randn({outf}), y = empty({rows, outf});
-    const double flops = 2.0 * double(rows) * double(in) * double(outf);
-    double loom_ms = time_ms([&] { linear(x, w, bias); }, rep.repeat());
-    double raw_ms = time_ms(
-        [&] {  // y = x · wᵀ, then the bias in a second pass
-          dnnl_sgemm('N', 'T', rows, outf, in, 1.0f, x.data_ptr<float>(), in, w.data_ptr<float>(), in, 0.0f,
-                     y.data_ptr<float>(), outf);
-          float* yp = y.data_ptr<float>();
-          const float* bp = bias.data_ptr<float>();
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t c = 0; c < outf; ++c) yp[r * outf + c] += bp[c];
-        },
-        rep.repeat());
-    rep.add({"", name, "throughput", "GFLOP/s", "dnnl_sgemm+bias", flops / (loom_ms * 1e6), flops / (raw_ms * 1e6), true});
+}
+
+void matmul_cases(Reporter& rep) {
+  std::vector<GemmCase> cases;
+  for (int64_t s : {256, 512, 1024, 2048}) cases.push_back({"matmul_" + std::to_string(s), "nn", s, s, s});
+  cases.push_back({"linear_4096x1024x1024", "linear", 4096, 1024, 1024});
+  // The linears of the demos, forward and both backward products:
+  // char-LM (configs/charlm.json: batch 16 x seq 128 = 2048 rows, dim 128,
+  // ff 512, 256 logits) and the ViT (batch 128 x 50 tokens, dim 64, ff 128).
+  struct Layer {
+    const char* demo;
+    int64_t rows, in, out;
+  };
+  for (const Layer& l : {Layer{"charlm", 2048, 128, 128}, Layer{"charlm", 2048, 128, 512},
+                         Layer{"charlm", 2048, 512, 128}, Layer{"charlm", 2048, 128, 256},
+                         Layer{"vit", 6400, 64, 128}, Layer{"vit", 6400, 128, 64}}) {
+    const std::string shape = std::to_string(l.rows) + "x" + std::to_string(l.in) + "x" + std::to_string(l.out);
+    cases.push_back({std::string(l.demo) + "_linear_" + shape, "linear", l.rows, l.in, l.out});
+    cases.push_back({std::string(l.demo) + "_dx_" + shape, "nn", l.rows, l.out, l.in});       // dx = dy · W
+    cases.push_back({std::string(l.demo) + "_dw_" + shape, "tn", l.out, l.rows, l.in});       // dW = dyᵀ · x
   }
+  for (const GemmCase& gc : cases) gemm_case(rep, gc);
 }
 
 void row_op_cases(Reporter& rep) {

@@ -89,8 +89,11 @@ int64_t Module::num_parameters() const {
 void Module::load_state_dict(const NamedTensors& state, bool strict) {
   NamedTensors own = state_dict();
   std::vector<std::string> missing, unexpected;
+  auto find = [](const NamedTensors& list, const std::string& key) {
+    return std::find_if(list.begin(), list.end(), [&](const auto& e) { return e.first == key; });
+  };
   for (const auto& [name, src] : state) {
-    auto it = std::find_if(own.begin(), own.end(), [&](const auto& e) { return e.first == name; });
+    auto it = find(own, name);
     if (it == own.end()) {
       unexpected.push_back(name);
       continue;
@@ -101,7 +104,7 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
                ", the module expects ", dst.sizes(), " ", dtype_name(dst.dtype()));
   }
   for (const auto& [name, dst] : own)
-    if (std::none_of(state.begin(), state.end(), [&](const auto& e) { return e.first == name; })) missing.push_back(name);
+    if (find(state, name) == state.end()) missing.push_back(name);
   auto list = [](const std::vector<std::string>& v) {
     std::string s;
     for (size_t i = 0; i < v.size() && i < 5; ++i) s += (i ? ", " : "") + v[i];
@@ -112,7 +115,7 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
   LOOM_CHECK(!strict || unexpected.empty(), "load_state_dict: unexpected keys: ", list(unexpected));
   NoGradGuard no_grad;
   for (const auto& [name, src] : state) {
-    auto it = std::find_if(own.begin(), own.end(), [&](const auto& e) { return e.first == name; });
+    auto it = find(own, name);
     if (it != own.end()) it->second.detach().copy_(src);
   }
 }

@@ -1,4 +1,4 @@
-// matmul and linear, through oneDNN's matmul primitive.
+// matmul and linear, through oneDNN.
 //
 //   matmul  C = A · B             dA = dC · Bᵀ         dB = Aᵀ · dC
 //   linear  y = x · Wᵀ + b        dx = dy · W          dW = dyᵀ · x     db = Σ_rows dy
@@ -7,28 +7,39 @@
 // N-D operands are batches of matrices with broadcast batch dims. The
 // autograd engine sums gradients over broadcast batch dims.
 //
+// Two oneDNN entry points, each where it is fastest (loom-bench ops, on
+// AVX-512 and AVX2): linear's forward is one matmul primitive with the bias
+// fused (oneDNN's brgemm kernels are at their best on x · Wᵀ, the weight in
+// PyTorch's [out, in] layout); every other product, linear's backward
+// included, is dnnl_sgemm (faster on large squares and on the long-k
+// products Aᵀ · B of weight gradients).
+//
 // Layout. oneDNN is handed every matrix with the tensor's own strides, so a
-// transposed or sliced view costs no copy. Batch dims never reach oneDNN:
-// loom walks them itself, and a broadcast batch dim is simply a stride of 0
-// in that walk. A whole batch times one shared matrix ([B, m, k] x [k, n])
-// is one tall [B·m, k] x [k, n] product. Only matrices oneDNN has no fast
-// kernel for are copied first: those with no unit stride in either dim, or
-// a stride of 0 in one (an expanded matrix). oneDNN 2.6 accepts them but
-// runs its reference loop, about 100x slower than the copy.
+// transposed or sliced view costs no copy. Batch dims that continue each
+// other are merged; a whole batch times one shared matrix ([B, m, k] x
+// [k, n]) is one tall [B·m, k] x [k, n] product. Only matrices with no unit
+// stride, or a stride of 0 (an expanded matrix), are copied first.
 //
-// Threads. Left alone, oneDNN threads each product itself and picks its
-// algorithm by the thread count: with 2 threads it may split the k sum in
-// two and add the halves, so the result changes with the thread count. loom
-// instead cuts the output into strips of at most kStrip rows (or columns,
-// whichever side is longer), a cut that depends on the shape only, and runs
-// each strip of each batch matrix on one thread. Every output element is
-// then summed in the same order for any thread count.
+// Threads. oneDNN threads each product itself over OpenMP, as PyTorch lets
+// its BLAS do; inside a parallel region it runs single-threaded. A batch of
+// at least as many matrices as threads is shared out one matrix per task
+// instead. Same thread count, same bits, run after run; another thread
+// count may change the last bits (as in PyTorch).
 //
-// Caching. Creating a oneDNN primitive costs far more than running a small
-// one, so primitives are cached by shape and strides: a training loop
-// creates each one once (two per product at most: full strips and the last).
+// Concurrency. Any thread may call matmul at any time, also many at once.
+// dnnl_sgemm keeps no state between calls. A primitive does: it is made
+// for the thread count it sees when created (it may split the k sum and
+// sizes its buffers for that), and by default it shares one scratchpad
+// between all its runs, so two threads running it at once corrupt each
+// other's results (seen on AVX-512 CPUs, whose brgemm kernels use a
+// scratchpad). So primitives are cached per thread count and made with a
+// user-managed scratchpad, and each run gets its own thread's buffer, the
+// design oneDNN documents as thread-safe.
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <mutex>
+#include <tuple>
 #include <unordered_map>
 
 #include <omp.h>
@@ -44,12 +55,6 @@ namespace {
 
 using dnnl::memory;
 
-// The longest side of one task's output strip. oneDNN's single-thread
-// kernel is markedly slower on strips of 256 rows of a large product than on
-// 512 (measured: 40 vs 76 GFLOP/s at 1024^3), so strips are up to 512 long,
-// but a side of 512 to 1023 is still cut in two so two threads share it.
-constexpr int64_t kStrip = 512;
-
 // One matrix: its sizes and strides (in elements), as oneDNN sees it.
 struct Mat {
   int64_t rows, cols, rs, cs;
@@ -62,20 +67,89 @@ Mat plain(Mat m) {
   return m;
 }
 
-// Whether oneDNN has a gemm kernel for this layout (see the top comment).
-bool gemm_layout(const Mat& m) { return (m.rs == 1 || m.cs == 1) && m.rs != 0 && m.cs != 0; }
+// Whether oneDNN takes this layout as it is: rows or columns contiguous,
+// and not overlapping.
+bool gemm_layout(const Mat& m) { return (m.cs == 1 && m.rs >= m.cols) || (m.rs == 1 && m.cs >= m.rows); }
 
-// One 2-D product C = A · B (+ bias), C row-major with row stride ldc.
+// An operand of a batched product: the matrix layout and where each batch
+// matrix starts (a stride per batch dim of the product, 0 where broadcast).
+struct Operand {
+  const float* data;
+  Shape batch_strides;
+  Mat mat;
+};
+
+// How many threads a oneDNN call made here would use.
+int threads_here() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+
+// ---- dnnl_sgemm: C[m, n] (row stride n) = A · B -------------------------------------------
+void sgemm(const Mat& a, const float* ap, const Mat& b, const float* bp, float* c) {
+  // Row-major BLAS: 'N' with the row stride as leading dim, or 'T' for a
+  // matrix whose columns are contiguous (stored transposed).
+  const bool ta = a.cs != 1, tb = b.cs != 1;
+  const dnnl_status_t status = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', a.rows, b.cols, a.cols, 1.0f, ap,
+                                          ta ? a.cs : a.rs, bp, tb ? b.cs : b.rs, 0.0f, c, b.cols);
+  LOOM_CHECK(status == dnnl_success, "matmul: dnnl_sgemm failed (status ", int(status), ") for [", a.rows, ", ",
+             a.cols, "] x [", b.rows, ", ", b.cols, "]");
+}
+
+// C[p] = A[p] · B[p] for every index p of the batch shape; C is contiguous
+// [batch..., m, n].
+void batched_product(Operand a, Operand b, float* c, const Shape& batch_shape) {
+  // Drop size-1 batch dims, then merge each dim into the one before it
+  // where both operands' strides continue (C, contiguous, always does).
+  Shape batch, a_bs, b_bs;
+  for (size_t d = 0; d < batch_shape.size(); ++d) {
+    if (batch_shape[d] == 1) continue;
+    const int64_t n = batch_shape[d], as = a.batch_strides[d], bs = b.batch_strides[d];
+    if (!batch.empty() && a_bs.back() == as * n && b_bs.back() == bs * n) {
+      batch.back() *= n, a_bs.back() = as, b_bs.back() = bs;
+    } else {
+      batch.push_back(n), a_bs.push_back(as), b_bs.push_back(bs);
+    }
+  }
+  // A batch times one shared matrix, rows after rows: one tall product.
+  if (batch.size() == 1 && b_bs[0] == 0 && a.mat.cs == 1 && a_bs[0] == a.mat.rows * a.mat.rs) {
+    a.mat.rows *= batch[0];
+    batch.clear(), a_bs.clear(), b_bs.clear();
+  }
+  const int64_t count = numel_of(batch), per_matrix = a.mat.rows * b.mat.cols;
+  auto one = [&](int64_t p) {
+    int64_t a_off = 0, b_off = 0;
+    for (int64_t d = int64_t(batch.size()) - 1, rest = p; d >= 0; --d) {  // batch index -> offsets
+      const int64_t i = rest % batch[size_t(d)];
+      rest /= batch[size_t(d)];
+      a_off += i * a_bs[size_t(d)];
+      b_off += i * b_bs[size_t(d)];
+    }
+    sgemm(a.mat, a.data + a_off, b.mat, b.data + b_off, c + p * per_matrix);
+  };
+  if (count >= threads_here()) {  // one matrix per task (oneDNN single-threaded inside)
+    parallel_for(count, 2 * per_matrix * a.mat.cols, [&](int64_t first, int64_t end) {
+      for (int64_t p = first; p < end; ++p) one(p);
+    });
+  } else {
+    for (int64_t p = 0; p < count; ++p) one(p);  // oneDNN threads each
+  }
+}
+
+// ---- the matmul primitive, for linear's forward -------------------------------------------
+// y[rows, out] = X · Wᵀ (+ bias) on `threads` threads.
 struct Key {
-  int64_t m, k, n, a_rs, a_cs, b_rs, b_cs, ldc;
+  Mat x, wt;
   bool bias;
-  bool operator==(const Key&) const = default;
+  int threads;
+  bool operator==(const Key& o) const {
+    return bias == o.bias && threads == o.threads &&
+           std::tie(x.rows, x.cols, x.rs, x.cs, wt.rows, wt.cols, wt.rs, wt.cs) ==
+               std::tie(o.x.rows, o.x.cols, o.x.rs, o.x.cs, o.wt.rows, o.wt.cols, o.wt.rs, o.wt.cs);
+  }
 };
 
 struct KeyHash {
-  size_t operator()(const Key& key) const {
-    size_t h = key.bias;
-    for (int64_t v : {key.m, key.k, key.n, key.a_rs, key.a_cs, key.b_rs, key.b_cs, key.ldc})
+  size_t operator()(const Key& k) const {
+    size_t h = size_t(k.bias) * 31 + size_t(k.threads);
+    for (int64_t v : {k.x.rows, k.x.cols, k.x.rs, k.x.cs, k.wt.rows, k.wt.cols, k.wt.rs, k.wt.cs})
       h = h * 1000003u ^ std::hash<int64_t>()(v);
     return h;
   }
@@ -86,93 +160,70 @@ dnnl::engine& cpu_engine() {
   return engine;
 }
 
-memory::desc desc_of(int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
-  return memory::desc({rows, cols}, memory::data_type::f32, {rs, cs});
-}
-memory::desc a_desc(const Key& key) { return desc_of(key.m, key.k, key.a_rs, key.a_cs); }
-memory::desc b_desc(const Key& key) { return desc_of(key.k, key.n, key.b_rs, key.b_cs); }
-memory::desc c_desc(const Key& key) { return desc_of(key.m, key.n, key.ldc, 1); }
-memory::desc bias_desc(const Key& key) { return desc_of(1, key.n, key.n, 1); }
+memory::desc desc_of(const Mat& m) { return memory::desc({m.rows, m.cols}, memory::data_type::f32, {m.rs, m.cs}); }
 
-// While alive, oneDNN calls on this thread use one thread. (oneDNN sizes its
-// work by omp_get_max_threads(), which belongs to the calling thread, or to
-// its task inside a parallel region.)
-struct OneThread {
+// A cached primitive with the descs it runs on.
+struct Prepared {
+  dnnl::matmul prim;
+  memory::desc x, wt, y, bias, scratch;
+};
+
+// While alive, oneDNN calls on this thread see `threads` threads.
+struct ThreadCount {
   int saved = omp_get_max_threads();
-  OneThread() { omp_set_num_threads(1); }
-  ~OneThread() { omp_set_num_threads(saved); }
+  explicit ThreadCount(int threads) { omp_set_num_threads(threads); }
+  ~ThreadCount() { omp_set_num_threads(saved); }
 };
 
 std::mutex cache_mutex;
-std::unordered_map<Key, dnnl::matmul, KeyHash> cache;
+std::unordered_map<Key, Prepared, KeyHash> cache;
 
-dnnl::matmul primitive_for(const Key& key) {
+Prepared prepared_for(const Key& key) {
   std::lock_guard<std::mutex> lock(cache_mutex);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  OneThread one;  // oneDNN may size the primitive for the threads it sees now
-  dnnl::matmul::desc desc = key.bias ? dnnl::matmul::desc(a_desc(key), b_desc(key), bias_desc(key), c_desc(key))
-                                     : dnnl::matmul::desc(a_desc(key), b_desc(key), c_desc(key));
-  dnnl::matmul prim(dnnl::matmul::primitive_desc(desc, cpu_engine()));
-  cache.emplace(key, prim);
-  return prim;
+  ThreadCount count(key.threads);  // oneDNN sizes the primitive for the threads it sees now
+  Prepared p{{}, desc_of(key.x), desc_of(key.wt), desc_of({key.x.rows, key.wt.cols, key.wt.cols, 1}),
+             desc_of({1, key.wt.cols, key.wt.cols, 1}), {}};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::matmul::desc desc = key.bias ? dnnl::matmul::desc(p.x, p.wt, p.bias, p.y) : dnnl::matmul::desc(p.x, p.wt, p.y);
+  dnnl::matmul::primitive_desc pd(desc, attr, cpu_engine());
+  p.scratch = pd.scratchpad_desc();
+  p.prim = dnnl::matmul(pd);
+  cache.emplace(key, p);
+  return p;
 }
 
-// Runs one cached product on the calling thread.
-void execute(const dnnl::matmul& prim, const Key& key, const float* a, const float* b, const float* bias, float* c) {
+// This thread's scratchpad, at least `bytes` long. Never shared: a thread's
+// runs follow one another.
+void* scratch_buffer(size_t bytes) {
+  struct Buffer {
+    std::unique_ptr<void, decltype(&std::free)> data{nullptr, &std::free};
+    size_t size = 0;
+  };
+  thread_local Buffer buffer;
+  if (bytes > buffer.size) {
+    const size_t size = (bytes + 4095) / 4096 * 4096;
+    buffer.data.reset(std::aligned_alloc(4096, size));
+    LOOM_CHECK(buffer.data != nullptr, "linear: cannot allocate a ", size, "-byte oneDNN scratchpad");
+    buffer.size = size;
+  }
+  return buffer.data.get();
+}
+
+// y = X · Wᵀ (+ bias), y contiguous [rows, out].
+void linear_product(const Operand& x, const Operand& wt, const float* bias, float* y) {
+  const Prepared p = prepared_for({x.mat, wt.mat, bias != nullptr, threads_here()});
   thread_local dnnl::stream stream(cpu_engine());
   dnnl::engine& eng = cpu_engine();
-  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(a_desc(key), eng, const_cast<float*>(a))},
-                                          {DNNL_ARG_WEIGHTS, memory(b_desc(key), eng, const_cast<float*>(b))},
-                                          {DNNL_ARG_DST, memory(c_desc(key), eng, c)}};
-  if (bias) args.emplace(DNNL_ARG_BIAS, memory(bias_desc(key), eng, const_cast<float*>(bias)));
-  prim.execute(stream, args);
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(p.x, eng, const_cast<float*>(x.data))},
+                                          {DNNL_ARG_WEIGHTS, memory(p.wt, eng, const_cast<float*>(wt.data))},
+                                          {DNNL_ARG_DST, memory(p.y, eng, y)}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, memory(p.bias, eng, const_cast<float*>(bias)));
+  if (size_t bytes = p.scratch.get_size()) args.emplace(DNNL_ARG_SCRATCHPAD, memory(p.scratch, eng, scratch_buffer(bytes)));
+  p.prim.execute(stream, args);
   stream.wait();
-}
-
-// An operand of a batched product: where each batch matrix starts (a stride
-// per output batch dim, 0 where broadcast) and the matrix layout.
-struct Operand {
-  const float* data;
-  Shape batch_strides;
-  Mat mat;
-};
-
-// C[p] = A[p] · B[p] (+ bias) for every index p of the batch shape; C is
-// contiguous [batch..., m, n]. Each task is one strip of one C[p].
-void batched_product(const Operand& a, const Operand& b, const float* bias, float* c, const Shape& batch) {
-  const int64_t m = a.mat.rows, k = a.mat.cols, n = b.mat.cols;
-  const bool by_rows = m >= n;
-  const int64_t side = by_rows ? m : n;
-  const int64_t strips = std::max((side + kStrip - 1) / kStrip, std::min<int64_t>(2, side / (kStrip / 2)));
-  const int64_t strip = (side + strips - 1) / strips, last = side - (strips - 1) * strip;
-  auto key_for = [&](int64_t len) {
-    Mat sa = plain({by_rows ? len : m, k, a.mat.rs, a.mat.cs}), sb = plain({k, by_rows ? n : len, b.mat.rs, b.mat.cs});
-    return Key{sa.rows, k, sb.cols, sa.rs, sa.cs, sb.rs, sb.cs, n, bias != nullptr};
-  };
-  const Key full = key_for(strip), tail = key_for(last);
-  const dnnl::matmul full_prim = primitive_for(full), tail_prim = primitive_for(tail);
-  parallel_for(numel_of(batch) * strips, 2 * strip * k * (by_rows ? n : m), [&](int64_t first, int64_t end) {
-    OneThread one;
-    for (int64_t t = first; t < end; ++t) {
-      int64_t p = t / strips, s = t % strips, a_off = 0, b_off = 0;
-      for (int64_t d = int64_t(batch.size()) - 1, rest = p; d >= 0; --d) {  // batch index -> offsets
-        const int64_t i = rest % batch[size_t(d)];
-        rest /= batch[size_t(d)];
-        a_off += i * a.batch_strides[size_t(d)];
-        b_off += i * b.batch_strides[size_t(d)];
-      }
-      const int64_t o = s * strip;  // first row (or column) of the strip
-      const bool is_last = s == strips - 1;
-      if (by_rows) {
-        execute(is_last ? tail_prim : full_prim, is_last ? tail : full, a.data + a_off + o * a.mat.rs, b.data + b_off,
-                bias, c + p * m * n + o * n);
-      } else {
-        execute(is_last ? tail_prim : full_prim, is_last ? tail : full, a.data + a_off, b.data + b_off + o * b.mat.cs,
-                bias ? bias + o : nullptr, c + p * m * n + o);
-      }
-    }
-  });
 }
 
 // t ([batch..., rows, cols]) as an operand of a product over `batch`; `keep`
@@ -192,18 +243,6 @@ Operand as_operand(const Tensor& t, const Shape& batch, Tensor& keep) {
   return op;
 }
 
-// Whether a's batch dims continue its rows: batch matrix p starts right
-// after matrix p - 1's last row, so the batch is one tall matrix.
-bool batch_extends_rows(const Operand& a, const Shape& batch) {
-  int64_t expected = a.mat.rows * a.mat.rs;
-  for (int64_t d = int64_t(batch.size()) - 1; d >= 0; --d) {
-    if (batch[size_t(d)] == 1) continue;
-    if (a.batch_strides[size_t(d)] != expected) return false;
-    expected *= batch[size_t(d)];
-  }
-  return true;
-}
-
 Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
   LOOM_CHECK(b.size(-2) == k, "matmul: cannot multiply ", a.sizes(), " by ", b.sizes(), " (", k, " != ", b.size(-2),
@@ -219,13 +258,7 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   } else {
     out = empty(out_shape);
     Tensor keep_a, keep_b;
-    Operand A = as_operand(a, batch, keep_a), B = as_operand(b, batch, keep_b);
-    const bool b_shared = std::all_of(B.batch_strides.begin(), B.batch_strides.end(), [](int64_t s) { return s == 0; });
-    if (b_shared && A.mat.cs == 1 && batch_extends_rows(A, batch)) {
-      A.mat.rows = numel_of(batch) * m;  // one tall product
-      batch = {};
-    }
-    batched_product(A, B, nullptr, out.data_ptr<float>(), batch);
+    batched_product(as_operand(a, batch, keep_a), as_operand(b, batch, keep_b), out.data_ptr<float>(), batch);
   }
   record("matmul", {a, b}, out, [a, b](const Tensor& g) {
     return Grads{a.requires_grad() ? matmul(g, b.transpose(-2, -1)) : Tensor(),
@@ -289,7 +322,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     Operand X = as_operand(x2, {}, keep_x);
     Operand Wt = as_operand(weight.detach().t(), {}, keep_w);  // Wᵀ [in, out] as a strided view
     out = empty(out_shape);
-    batched_product(X, Wt, b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(), {});
+    linear_product(X, Wt, b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
   }
   record("linear", {x, weight, bias}, out, [x, weight, bias, rows, in, out_features](const Tensor& g) {
     Tensor g2 = g.reshape({rows, out_features});

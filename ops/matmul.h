@@ -14,7 +14,8 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 // [out] or undefined; x [..., in]. The bias add is fused into the product.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
-// How many oneDNN matmul primitives are cached (one per shape and layout).
+// How many oneDNN matmul primitives linear has cached (one per shape, layout
+// and thread count).
 size_t matmul_cache_size();
 
 }  // namespace loom

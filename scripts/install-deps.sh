@@ -8,6 +8,7 @@ packages=(
   build-essential     # g++ and make; g++ brings OpenMP (libgomp)
   cmake
   libdnnl-dev         # oneDNN: matmul
+  ocl-icd-opencl-dev  # Debian's dnnl CMake config runs find_package(OpenCL); libdnnl-dev only recommends it
   libxsimd-dev        # xsimd: SIMD kernels with run-time dispatch
   doctest-dev         # tests
   nlohmann-json3-dev  # JSON configs
@@ -15,6 +16,13 @@ packages=(
   fortunes            # demo text: /usr/share/games/fortunes
   dataset-fashion-mnist  # demo images: /usr/share/datasets/fashion-mnist
 )
+
+# CI also builds with clang (.ci/run): `install-deps.sh --ci` adds it.
+if [ "${1:-}" = "--ci" ]; then
+  packages+=(
+    clang             # clang++ 14: the second compiler CI builds and tests with
+  )
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -49,16 +49,32 @@ inline int64_t ravel_broadcast(const std::vector<int64_t>& idx, const loom::Shap
 #include <loom/ops/kernels/kernels.h>
 
 // Runs `body` once per instruction set this CPU supports (SSE2, AVX2,
-// AVX-512), then restores the best one. The tests call this so every kernel
-// path is compared with the scalar reference, not just the one in use.
+// AVX-512), then restores the one in use before (the best, or LOOM_SIMD's).
+// The tests call this so every kernel path is compared with the scalar
+// reference, not just the one in use.
 inline void for_each_isa(const std::function<void(const std::string&)>& body) {
-  std::vector<std::string> isas = loom::kernels::available_isas();
-  for (const std::string& isa : isas) {
+  const std::string before = loom::kernels::table().name;
+  for (const std::string& isa : loom::kernels::available_isas()) {
     loom::kernels::set_isa(isa);
     body(isa);
   }
-  loom::kernels::set_isa(isas.front());
+  loom::kernels::set_isa(before);
 }
+
+#include <omp.h>
+
+// The thread counts threaded code is tested at: 1, 2 and more than the
+// cores of any machine we run on.
+inline const std::vector<int> kThreadCounts = {1, 2, 8};
+
+// While alive, OpenMP regions started on this thread use `n` threads.
+struct WithThreads {
+  int saved = omp_get_max_threads();
+  explicit WithThreads(int n) { omp_set_num_threads(n); }
+  ~WithThreads() { omp_set_num_threads(saved); }
+  WithThreads(const WithThreads&) = delete;
+  WithThreads& operator=(const WithThreads&) = delete;
+};
 
 // Max |a - b| / (atol + rtol |b|) <= 1, elementwise, with NaN == NaN and equal infinities.
 inline bool close_or_same(const std::vector<float>& a, const std::vector<double>& b, double atol, double rtol) {

@@ -82,14 +82,14 @@ std::vector<double> as_double(const Tensor& t) {
 }
 }  // namespace
 
-TEST_CASE("fused attention equals the naive one, forward and every gradient, in every combination") {
+TEST_CASE("fused attention equals the naive one, forward and every gradient, in every combination" *
+          doctest::test_suite("thread-sweep")) {
   std::vector<Case> cases = all_cases();
   CHECK(cases.size() == 60);
   // 1 thread takes the one-pass backward wherever it can, 8 threads (more
   // than (batch, kv head) units to share) the two-pass one: both are checked.
-  const int saved_threads = omp_get_max_threads();
-  for (int threads : {1, 8}) {
-  omp_set_num_threads(threads);
+  for (int threads : kThreadCounts) {
+  WithThreads with(threads);
   CAPTURE(threads);
   uint64_t seed = 100;
   for (const Case& c : cases) {
@@ -114,7 +114,6 @@ TEST_CASE("fused attention equals the naive one, forward and every gradient, in 
     }
   }
   }
-  omp_set_num_threads(saved_threads);
 }
 
 TEST_CASE("a query with nothing to attend to gives zeros, never NaN") {
@@ -196,20 +195,24 @@ TEST_CASE("attention weights, dropout from the generator, strided inputs, scale"
       {randn({1, 2, 4, 3}, g).requires_grad_(), randn({1, 2, 5, 3}, g).requires_grad_(), randn({1, 2, 5, 3}, g).requires_grad_()});
 }
 
-TEST_CASE("attention gives the same bits for 1, 2 and 8 threads, one-pass and two-pass backward alike") {
-  const int saved_threads = omp_get_max_threads();
+TEST_CASE("attention gives the same bits for 1, 2 and 8 threads, one-pass and two-pass backward alike" *
+          doctest::test_suite("thread-sweep")) {
   // Shared bias: always two passes. Per-batch bias: one pass for 1 and 2
   // threads (B * G = 4 units), two passes for 8.
   for (const Case& c : {Case{"causal", "shared", true, true, false}, Case{"key_padding", "per_batch", false, true, true}}) {
   CAPTURE(c.bias);
   Made m = make_case(c, 11);
   std::vector<std::vector<float>> runs;
-  for (int threads : {1, 2, 8}) {
-    omp_set_num_threads(threads);
-    Tensor out = attention(m.q, m.k, m.v, m.o);
+  for (int threads : kThreadCounts) {
+    WithThreads with(threads);
+    CAPTURE(threads);
+    Tensor out = attention(m.q, m.k, m.v, m.o), naive = naive_attention(m.q, m.k, m.v, m.o);
+    CHECK(close_or_same(out.to_vector<float>(), as_double(naive), 1e-5, 1e-4));
+    std::vector<Tensor> gf = grads_of(m, out, ones_like(out)), gn = grads_of(m, naive, ones_like(naive));
     std::vector<float> all = out.to_vector<float>();
-    for (const Tensor& gr : grads_of(m, out, ones_like(out))) {
-      auto x = gr.to_vector<float>();
+    for (size_t i = 0; i < gf.size(); ++i) {
+      CHECK(close_or_same(gf[i].to_vector<float>(), as_double(gn[i]), 1e-4, 1e-3));
+      auto x = gf[i].to_vector<float>();
       all.insert(all.end(), x.begin(), x.end());
     }
     runs.push_back(all);
@@ -217,7 +220,6 @@ TEST_CASE("attention gives the same bits for 1, 2 and 8 threads, one-pass and tw
   CHECK(runs[0] == runs[1]);
   CHECK(runs[0] == runs[2]);
   }
-  omp_set_num_threads(saved_threads);
 }
 
 TEST_CASE("attention errors name the shapes") {

@@ -87,7 +87,7 @@ TEST_CASE("detach cuts the graph: no gradient flows through it") {
   CHECK(x.grad().item<float>() == 4.0f);
 }
 
-TEST_CASE("a second backward through a freed graph is a clear error; retain_graph allows it") {
+TEST_CASE("a second backward through a freed graph is a clear error, retain_graph allows it") {
   Tensor x = tensor({1.0f, 2.0f}).requires_grad_();
   Tensor loss = (x * x).sum();
   loss.backward({}, /*retain_graph=*/true);
@@ -149,7 +149,7 @@ TEST_CASE("in-place updates of parameters need NoGradGuard") {
   CHECK(w.requires_grad());
 }
 
-TEST_CASE("only inputs that require grad get gradients; views are differentiable") {
+TEST_CASE("only inputs that require grad get gradients, views are differentiable") {
   Tensor x = arange(0, 6, kFloat32).reshape({2, 3}).requires_grad_();
   Tensor c = ones({3});
   // permute, slice, select, expand, reshape, unsqueeze all on the path.

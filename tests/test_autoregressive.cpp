@@ -83,7 +83,7 @@ TEST_CASE("Sampling filters: top-k, top-p (keeps the token that crosses p), min-
                        Error);
 }
 
-TEST_CASE("generate: cached and uncached give the same tokens; eos stops and pads; the draws follow the filters") {
+TEST_CASE("generate: cached and uncached give the same tokens, eos stops and pads, the draws follow the filters") {
   Generator g(3);
   manual_seed(4);
   auto net = small_decoder({.rotary_pos_emb = true}, false);

@@ -164,7 +164,7 @@ TEST_CASE("int64 arithmetic uses exact integer math") {
   CHECK((-b).to_vector<int64_t>() == std::vector<int64_t>{-1, -2, 7});
 }
 
-TEST_CASE("comparisons give bool; logic ops combine masks") {
+TEST_CASE("comparisons give bool, logic ops combine masks") {
   Tensor a = tensor({1.0f, 2.0f, 3.0f}), b = tensor({3.0f, 2.0f, 1.0f});
   CHECK((a < b).dtype() == kBool);
   CHECK((a < b).to_vector<bool>() == std::vector<bool>{true, false, false});
@@ -204,14 +204,23 @@ TEST_CASE("where and masked_fill select and route the gradient") {
                   {tensor({1.0f, 2.0f, 3.0f}).requires_grad_(), tensor({5.0f}).requires_grad_()});
 }
 
-TEST_CASE("large elementwise ops give the same bits for 1 and 2 threads") {
+TEST_CASE("large elementwise ops are right and give the same bits for 1, 2 and 8 threads" *
+          doctest::test_suite("thread-sweep")) {
   Generator g(14);
   Tensor a = randn({1 << 20}, g), b = randn({1 << 20}, g);
-  omp_set_num_threads(1);
-  std::vector<float> one = gelu(a * b + 1.0f).to_vector<float>();
-  omp_set_num_threads(2);
-  std::vector<float> two = gelu(a * b + 1.0f).to_vector<float>();
-  CHECK(one == two);
+  std::vector<double> ref;
+  {
+    const std::vector<float> av = a.to_vector<float>(), bv = b.to_vector<float>();
+    for (size_t i = 0; i < av.size(); ++i) ref.push_back(gelu_ref(double(float(av[i] * bv[i]) + 1.0f)));
+  }
+  std::vector<std::vector<float>> runs;
+  for (int threads : kThreadCounts) {
+    WithThreads with(threads);
+    CAPTURE(threads);
+    runs.push_back(gelu(a * b + 1.0f).to_vector<float>());
+    CHECK(close_or_same(runs.back(), ref, 1e-6, 1e-5));
+  }
+  for (const auto& r : runs) CHECK(r == runs.front());
 }
 
 TEST_CASE("elementwise errors name the op") {

@@ -32,7 +32,8 @@ TEST_CASE("gradcheck: matmul, every torch.matmul case") {
   std::vector<std::pair<Shape, Shape>> cases = {
       {{3}, {3}}, {{3}, {3, 2}}, {{2, 3}, {3}}, {{2, 3}, {3, 4}}, {{2, 2, 3}, {3, 4}}, {{2, 1, 2, 3}, {3, 3, 2}}};
   uint64_t seed = 20;
-  for (auto& [a, b] : cases) {
+  for (const auto& shapes : cases) {
+    const Shape &a = shapes.first, &b = shapes.second;
     CAPTURE(shape_str(a));
     CAPTURE(shape_str(b));
     CHECK_GRADCHECK([](const Inputs& x) { return matmul(x[0], x[1]); }, {rg(a, seed++), rg(b, seed++)});

@@ -151,8 +151,7 @@ TEST_CASE("cross_entropy gradcheck on every ISA") {
   });
 }
 
-TEST_CASE("cross_entropy is the same for 1 and 2 threads") {
-  const int saved_threads = omp_get_max_threads();
+TEST_CASE("cross_entropy: right, and the same bits for 1, 2 and 8 threads" * doctest::test_suite("thread-sweep")) {
   Generator g(64);
   Tensor logits = randn({2048, 301}, g) * 2.0f;
   std::vector<int64_t> t = randint(0, 301, {2048}, g).to_vector<int64_t>();
@@ -161,19 +160,22 @@ TEST_CASE("cross_entropy is the same for 1 and 2 threads") {
   for (const char* reduction : kReductions) {
     CAPTURE(reduction);
     Tensor gy = std::string(reduction) == "none" ? randn({2048}, g) : scalar_tensor(1.0);
+    const CeRef ref = ce_ref(logits, 1, target, -100, 0.1, reduction, gy.to_vector<float>());
     std::vector<std::vector<float>> runs;
-    for (int threads : {1, 2}) {
-      omp_set_num_threads(threads);
+    for (int threads : kThreadCounts) {
+      WithThreads with(threads);
+      CAPTURE(threads);
       Tensor x = logits.clone().requires_grad_();
       Tensor loss = cross_entropy(x, target, -100, 0.1, reduction);
       loss.backward(gy);
+      CHECK(close_or_same(loss.to_vector<float>(), ref.loss, 1e-5, 1e-5));
+      CHECK(close_or_same(x.grad().to_vector<float>(), ref.dx, 1e-6, 1e-4));
       std::vector<float> v = x.grad().to_vector<float>(), l = loss.to_vector<float>();
       v.insert(v.end(), l.begin(), l.end());
       runs.push_back(v);
     }
-    CHECK(runs[0] == runs[1]);
+    for (const auto& r : runs) CHECK(r == runs.front());
   }
-  omp_set_num_threads(saved_threads);
 }
 
 TEST_CASE("cross_entropy keeps its own copy of the target for the backward") {

@@ -276,7 +276,7 @@ TEST_CASE("AttentionLayers: pre-norm residual stack equals its definition") {
   CHECK(enc->forward(x, {.mask = mask, .pos = pos}).to_vector<float>() == h.to_vector<float>());
 }
 
-TEST_CASE("Decoder is causal; Encoder ignores padded keys") {
+TEST_CASE("Decoder is causal, Encoder ignores padded keys") {
   manual_seed(14);
   Generator g(15);
   auto dec = Decoder({.dim = 8, .depth = 2, .heads = 2, .rotary_pos_emb = true, .attn = {.dim_head = 4}});

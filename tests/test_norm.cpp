@@ -172,8 +172,8 @@ TEST_CASE("norm gradcheck: x, weight and bias on every ISA") {
   });
 }
 
-TEST_CASE("norms give the same bits for 1 and 2 threads, gradients included") {
-  const int saved_threads = omp_get_max_threads();
+TEST_CASE("norms: right, and the same bits for 1, 2 and 8 threads, gradients included" *
+          doctest::test_suite("thread-sweep")) {
   Generator g(53);
   // 1000 columns: an even split of the columns between 2 threads (500) is
   // not a multiple of the SIMD width.
@@ -181,12 +181,17 @@ TEST_CASE("norms give the same bits for 1 and 2 threads, gradients included") {
   Tensor x0 = randn({rows, n}, g), w0 = randn({n}, g), b0 = randn({n}, g), gy = randn({rows, n}, g);
   for (bool rms : {false, true}) {
     CAPTURE(rms);
+    const NormRef ref = norm_ref(x0, n, w0, rms ? Tensor() : b0, gy, rms ? FLT_EPSILON : 1e-5, rms);
     std::vector<std::vector<float>> runs;
-    for (int threads : {1, 2}) {
-      omp_set_num_threads(threads);
+    for (int threads : kThreadCounts) {
+      WithThreads with(threads);
+      CAPTURE(threads);
       Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
       Tensor y = rms ? rms_norm(x, {n}, w) : layer_norm(x, {n}, w, b);
       y.backward(gy);
+      CHECK(close_or_same(y.to_vector<float>(), ref.y, 1e-5, 1e-5));
+      CHECK(close_or_same(x.grad().to_vector<float>(), ref.dx, 1e-5, 1e-4));
+      CHECK(close_or_same(w.grad().to_vector<float>(), ref.dw, 1e-3, 1e-4));
       std::vector<float> all = y.to_vector<float>();
       for (const Tensor& t : {x.grad(), w.grad(), rms ? Tensor() : b.grad()}) {
         if (!t.defined()) continue;
@@ -196,9 +201,8 @@ TEST_CASE("norms give the same bits for 1 and 2 threads, gradients included") {
       runs.push_back(all);
     }
     CHECK(runs[0].size() == size_t(2 * rows * n + (rms ? 1 : 2) * n));
-    CHECK(runs[0] == runs[1]);
+    for (const auto& r : runs) CHECK(r == runs.front());
   }
-  omp_set_num_threads(saved_threads);
 }
 
 TEST_CASE("norm errors name the shapes") {

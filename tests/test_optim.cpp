@@ -167,7 +167,7 @@ TEST_CASE("Optimizer state round-trips: a resumed optimizer continues exactly") 
                        "Optimizer::load_state_dict: 'v.exp_avg' belongs to no parameter of this optimizer", Error);
 }
 
-TEST_CASE("clip_grad_norm scales to the global norm; schedules warm up and decay") {
+TEST_CASE("clip_grad_norm scales to the global norm, schedules warm up and decay") {
   Tensor a = zeros({2}).requires_grad_(), b = zeros({1}).requires_grad_();
   a.mutable_grad() = tensor({3.0f, 0.0f});
   b.mutable_grad() = tensor({4.0f});

@@ -75,7 +75,9 @@ TEST_CASE("parity with PyTorch: parameter gradients") {
     SafetensorsFile grads = load_safetensors(kRoot + name + "/grads.safetensors");
     nn::NamedTensors params = f.model.module().named_parameters();
     size_t compared = 0;
-    for (const auto& [pname, expected] : grads.tensors) {
+    for (const auto& entry : grads.tensors) {
+      const std::string& pname = entry.first;
+      const Tensor& expected = entry.second;
       CAPTURE(pname);
       auto it = std::find_if(params.begin(), params.end(), [&](const auto& p) { return p.first == pname; });
       REQUIRE(it != params.end());

@@ -84,7 +84,8 @@ TEST_CASE("Embedding module: N(0,1) init, padding_idx row zero and without gradi
 
 TEST_CASE("T5 buckets match the formula for every distance, causal and bidirectional") {
   for (bool causal : {true, false}) {
-    for (auto [nb, md] : std::vector<std::pair<int64_t, int64_t>>{{32, 128}, {16, 64}, {8, 20}}) {
+    for (auto sizes : std::vector<std::pair<int64_t, int64_t>>{{32, 128}, {16, 64}, {8, 20}}) {
+      const int64_t nb = sizes.first, md = sizes.second;
       CAPTURE(causal);
       CAPTURE(nb);
       Tensor rel = arange(-300, 301);

@@ -85,13 +85,14 @@ TEST_CASE("max, min, argmax: first occurrence, NaN propagates, keepdim, overall"
   CHECK_THROWS_WITH_AS(max(zeros({2, 0}), 1), doctest::Contains("max: cannot reduce over dimension 1 of size 0"), Error);
 }
 
-TEST_CASE("sum is exact in order: the same bits for 1 and 2 threads and every ISA, and accurate") {
+TEST_CASE("sum is exact in order: the same bits for 1, 2 and 8 threads and every ISA, and accurate" *
+          doctest::test_suite("thread-sweep")) {
   Generator g(22);
   Tensor x = rand({3000017}, g);  // one long row: fixed blocks in parallel
   Tensor rows = rand({64, 40001}, g);
   std::vector<std::vector<float>> results;
-  for (int threads : {1, 2}) {
-    omp_set_num_threads(threads);
+  for (int threads : kThreadCounts) {
+    WithThreads with(threads);
     for_each_isa([&](const std::string&) {
       std::vector<float> r = {x.sum().item<float>()};
       std::vector<float> rs = rows.sum({1}).to_vector<float>();

@@ -108,7 +108,7 @@ TEST_CASE("safetensors: broken files give errors that say what is wrong") {
                        "load_safetensors: cannot open '/nonexistent/x.safetensors'", Error);
 }
 
-TEST_CASE("A model saved and loaded back gives the same outputs; load_state_dict checks names and shapes") {
+TEST_CASE("A model saved and loaded back gives the same outputs, load_state_dict checks names and shapes") {
   manual_seed(2);
   auto make = [] {
     return TransformerWrapper({.num_tokens = 13, .max_seq_len = 6,

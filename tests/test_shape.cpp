@@ -41,7 +41,7 @@ TEST_CASE("split and chunk are views that tile the tensor") {
   CHECK_GRADCHECK([](const Inputs& x) { return split(x[0], 2, 1)[1] * 3.0f; }, {rg({2, 5}, 5)});
 }
 
-TEST_CASE("pad: constant padding, last dim first; negative pads crop") {
+TEST_CASE("pad: constant padding, last dim first, negative pads crop") {
   Tensor a = arange(1, 5, kFloat32).reshape({2, 2});
   Tensor p = pad(a, {1, 0, 0, 1}, -1.0);  // left 1 on the last dim, bottom 1 on the first
   CHECK(p.sizes() == Shape{3, 3});

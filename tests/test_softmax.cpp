@@ -78,14 +78,24 @@ TEST_CASE("dropout: keeps about 1-p of the elements, scaled by 1/(1-p)") {
   CHECK_THROWS_WITH_AS(dropout(x, 1.5), "dropout: probability has to be between 0 and 1, but got 1.5", Error);
 }
 
-TEST_CASE("dropout: same seed, same mask, for any thread count; gradient is the mask") {
-  std::vector<std::vector<float>> masks;
-  for (int threads : {1, 2}) {
-    omp_set_num_threads(threads);
-    Generator g(34);
-    masks.push_back(dropout(ones({1 << 18}), 0.5, true, &g).to_vector<float>());
+TEST_CASE("dropout: same seed, same mask, for any thread count, gradient is the mask" *
+          doctest::test_suite("thread-sweep")) {
+  // The reference: element i keeps (x 2) when lane i % 4 of the generator's
+  // block first + i / 4 is a uniform >= p, drawn in a plain loop.
+  const int64_t n = (1 << 18) + 3;
+  std::vector<float> expected(static_cast<size_t>(n));
+  {
+    Generator ref(34);
+    const uint64_t first = ref.advance(uint64_t(n + 3) / 4);
+    for (int64_t i = 0; i < n; ++i)
+      expected[size_t(i)] = uniform_from_bits(ref.block(first + uint64_t(i / 4))[size_t(i % 4)]) >= 0.5f ? 2.0f : 0.0f;
   }
-  CHECK(masks[0] == masks[1]);
+  for (int threads : kThreadCounts) {
+    WithThreads with(threads);
+    CAPTURE(threads);
+    Generator g(34);
+    CHECK(dropout(ones({n}), 0.5, true, &g).to_vector<float>() == expected);
+  }
   Generator g(35);
   Tensor x = randn({50}).requires_grad_();
   Tensor y = dropout(x, 0.4, true, &g);

@@ -87,7 +87,7 @@ TEST_CASE("Philox4x32-10 matches the Random123 known-answer vectors") {
   CHECK(checked == 3);
 }
 
-TEST_CASE("random factories: same seed, same numbers; sensible distributions") {
+TEST_CASE("random factories: same seed, same numbers, sensible distributions") {
   Generator g1(42), g2(42), g3(43);
   std::vector<float> a = randn({1000}, g1).to_vector<float>();
   CHECK(a == randn({1000}, g2).to_vector<float>());
@@ -160,7 +160,7 @@ TEST_CASE("printing follows PyTorch") {
   CHECK(to_string(Tensor()) == "tensor(undefined)");
 }
 
-TEST_CASE("large freed blocks are reused; empty_cache releases them") {
+TEST_CASE("large freed blocks are reused, empty_cache releases them") {
   empty_cache();
   const void* first;
   {

@@ -77,7 +77,7 @@ TEST_CASE("ViTransformerWrapper: x-transformers' patch layout, names, logits") {
                        "ViTransformerWrapper: image_size (10) must be a positive multiple of patch_size (4)", Error);
 }
 
-TEST_CASE("XTransformer: x-transformers' names; it learns to reverse sequences; cached decoding matches") {
+TEST_CASE("XTransformer: x-transformers' names, it learns to reverse sequences, cached decoding matches") {
   manual_seed(5);
   XTransformer model({.dim = 32, .enc_num_tokens = 10, .enc_max_seq_len = 8,
                       .enc = {.depth = 1, .heads = 2, .attn = {.dim_head = 16}}, .dec_num_tokens = 10,
