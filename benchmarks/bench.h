@@ -19,6 +19,7 @@ struct Result {
   std::string suite, name, metric, unit, baseline;
   double value = 0, baseline_value = 0;
   bool higher_is_better = true;  // throughput; false for times
+  bool has_baseline() const { return baseline_value != 0; }
   double ratio() const { return higher_is_better ? value / baseline_value : baseline_value / value; }
 };
 
@@ -61,5 +62,6 @@ struct Suite {
 // The suites (one file each).
 void ops_suite(Reporter& r);
 void attention_suite(Reporter& r);
+void train_suite(Reporter& r);
 
 }  // namespace loom::bench

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <unordered_map>
 #include <unordered_set>
 
+#include <loom/core/profile.h>
 #include <loom/ops/ops.h>
 
 namespace loom {
@@ -30,6 +32,7 @@ bool any_requires_grad(const std::vector<Tensor>& inputs) { return any_requires_
 namespace {
 template <typename List>
 void record_node(const char* name, const List& inputs, Tensor& output, BackwardFn backward) {
+  if (grad_enabled && profile::enabled()) profile::charge_forward(name);
   if (!any_requires_grad(inputs)) return;
   auto node = std::make_shared<Node>();
   node->name = name;
@@ -118,7 +121,11 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph)
     if (it != pending.end()) {
       Tensor grad_output = std::move(it->second);
       pending.erase(it);
+      const bool timed = profile::enabled();
+      const auto t0 = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       Grads grads = n->backward(grad_output);
+      if (timed)
+        profile::charge_backward(n->name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       LOOM_CHECK(grads.size() == n->inputs.size(), "backward: node '", n->name, "' returned ",
                  grads.size(), " gradients for ", n->inputs.size(), " inputs");
       for (size_t i = 0; i < grads.size(); ++i) {

@@ -1,0 +1,92 @@
+// The machine's fp32 FMA peak, measured: the ceiling "% of peak" in the
+// train suite is quoted against. Each thread runs 16 independent chains of
+// vector FMAs (enough to hide the FMA latency on two FMA ports), at the
+// vector width of the instruction set oneDNN uses on this CPU.
+#include <immintrin.h>
+
+#include <chrono>
+#include <string>
+
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
+
+#include "bench.h"
+
+namespace loom::bench {
+
+namespace {
+
+constexpr int kChains = 16;
+
+// Each returns the floating-point operations it did (2 per lane per FMA).
+__attribute__((target("avx512f"))) double fma_avx512(int64_t iters) {
+  __m512 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
+  const __m512 m = _mm512_set1_ps(0.999999f), a = _mm512_set1_ps(1e-6f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm512_fmadd_ps(acc[j], m, a);
+  __m512 s = acc[0];
+  for (int j = 1; j < kChains; ++j) s = _mm512_add_ps(s, acc[j]);
+  volatile float sink = _mm512_reduce_add_ps(s);
+  (void)sink;
+  return double(iters) * kChains * 16 * 2;
+}
+
+__attribute__((target("avx2,fma"))) double fma_avx2(int64_t iters) {
+  __m256 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm256_set1_ps(float(j));
+  const __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-6f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm256_fmadd_ps(acc[j], m, a);
+  __m256 s = acc[0];
+  for (int j = 1; j < kChains; ++j) s = _mm256_add_ps(s, acc[j]);
+  alignas(32) float out[8];
+  _mm256_store_ps(out, s);
+  volatile float sink = out[0];
+  (void)sink;
+  return double(iters) * kChains * 8 * 2;
+}
+
+// SSE2 has no FMA: a multiply and an add per lane.
+double mul_add_sse2(int64_t iters) {
+  __m128 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm_set1_ps(float(j));
+  const __m128 m = _mm_set1_ps(0.999999f), a = _mm_set1_ps(1e-6f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm_add_ps(_mm_mul_ps(acc[j], m), a);
+  alignas(16) float out[4];
+  __m128 s = acc[0];
+  for (int j = 1; j < kChains; ++j) s = _mm_add_ps(s, acc[j]);
+  _mm_store_ps(out, s);
+  volatile float sink = out[0];
+  (void)sink;
+  return double(iters) * kChains * 4 * 2;
+}
+
+}  // namespace
+
+std::string peak_isa() {
+  const unsigned isa = unsigned(dnnl_get_effective_cpu_isa());
+  if ((isa & unsigned(dnnl_cpu_isa_avx512_core)) == unsigned(dnnl_cpu_isa_avx512_core)) return "avx512";
+  if ((isa & unsigned(dnnl_cpu_isa_avx2)) == unsigned(dnnl_cpu_isa_avx2)) return "avx2";
+  return "sse2";
+}
+
+double peak_gflops(int threads) {
+  const std::string isa = peak_isa();
+  auto run = [&](int64_t iters) {
+    return isa == "avx512" ? fma_avx512(iters) : isa == "avx2" ? fma_avx2(iters) : mul_add_sse2(iters);
+  };
+  double best = 0;
+  for (int round = 0; round < 3; ++round) {
+    double flops = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+    flops += run(20'000'000);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, flops / s / 1e9);
+  }
+  return best;
+}
+
+}  // namespace loom::bench
