@@ -13,11 +13,13 @@ namespace loom {
 
 namespace {
 thread_local bool grad_enabled = true;
+thread_local GradReadyHook grad_ready_hook;
 std::atomic<uint64_t> next_sequence_nr{0};
 }  // namespace
 
 bool is_grad_enabled() { return grad_enabled; }
 void set_grad_enabled(bool enabled) { grad_enabled = enabled; }
+void set_grad_ready_hook(GradReadyHook hook) { grad_ready_hook = std::move(hook); }
 
 template <typename List>
 bool any_requires_grad_in(const List& inputs) {
@@ -114,6 +116,16 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph)
   //    recorded before it, so a node runs only after all its consumers.
   std::sort(tape.begin(), tape.end(), [](const auto& a, const auto& b) { return a->sequence_nr > b->sequence_nr; });
 
+  // With a grad-ready hook: how many nodes on the tape still feed each leaf.
+  std::unordered_map<TensorImpl*, int64_t> feeds;
+  if (grad_ready_hook)
+    for (const std::shared_ptr<Node>& n : tape)
+      for (const Edge& e : n->inputs)
+        if (e.leaf) ++feeds[e.leaf.get()];
+  auto fed = [&](const std::shared_ptr<TensorImpl>& leaf) {
+    if (grad_ready_hook && --feeds[leaf.get()] == 0) grad_ready_hook(Tensor(leaf));
+  };
+
   std::unordered_map<Node*, Tensor> pending;  // summed gradient of each node's output
   pending[tape.front().get()] = seed;
   for (const std::shared_ptr<Node>& n : tape) {
@@ -141,6 +153,9 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph)
         }
       }
     }
+    if (grad_ready_hook)  // this node is done with its leaves, whether it sent them anything or not
+      for (const Edge& e : n->inputs)
+        if (e.leaf) fed(e.leaf);
     if (!retain_graph) {  // free what the op saved, and the edges
       n->backward = nullptr;
       n->inputs.clear();

@@ -66,6 +66,14 @@ class NoGradGuard {
   bool previous_;
 };
 
+// Called during backward() once for every leaf the backward reaches, as soon
+// as that leaf's gradient is complete (no node still to run adds to it), with
+// the leaf; the rest of the backward goes on after it returns. Data-parallel
+// training (train/dist.h) starts reducing gradients here while the backward
+// is still running. One hook per thread; an empty function removes it.
+using GradReadyHook = std::function<void(const Tensor& leaf)>;
+void set_grad_ready_hook(GradReadyHook hook);
+
 // True when an op on these inputs must be recorded.
 bool any_requires_grad(std::initializer_list<Tensor> inputs);
 bool any_requires_grad(const std::vector<Tensor>& inputs);

@@ -13,6 +13,8 @@ packages=(
   doctest-dev         # tests
   nlohmann-json3-dev  # JSON configs
   zlib1g-dev          # PNG pictures (deflate and crc32)
+  libopenmpi-dev      # data-parallel training over several processes/machines (train/dist.h)
+  openmpi-bin         # mpirun
   fortunes            # demo text: /usr/share/games/fortunes
   dataset-fashion-mnist  # demo images: /usr/share/datasets/fashion-mnist
 )

@@ -186,3 +186,32 @@ TEST_CASE("clip_grad_norm scales to the global norm, schedules warm up and decay
   LRSchedule lin{.max_lr = 1.0, .min_lr = 0.0, .total_steps = 100, .decay = "linear"};
   CHECK(lin.at(25) == doctest::Approx(0.75));
 }
+
+TEST_CASE("clip_grad_norm: the norm of many large gradients against double, the same bits on every ISA and thread count" *
+          doctest::test_suite("thread-sweep")) {
+  Generator g(81);
+  // Sizes around the kernel's 16 lanes, its 4096-element blocks and the 65536-element chunks.
+  std::vector<Tensor> params;
+  double ref = 0;
+  for (int64_t n : {1, 17, 4095, 4097, 65536, 65537, 300001}) {
+    Tensor p = zeros({n}).requires_grad_();
+    p.mutable_grad() = randn({n}, g);
+    for (float x : p.grad().to_vector<float>()) ref += double(x) * double(x);
+    params.push_back(p);
+  }
+  ref = std::sqrt(ref);
+  std::vector<double> norms;
+  for (int threads : kThreadCounts) {
+    WithThreads with(threads);
+    for_each_isa([&](const std::string&) { norms.push_back(clip_grad_norm(params, 1e9)); });  // no clipping
+  }
+  for (double n : norms) CHECK(n == norms.front());
+  CHECK(norms.front() == doctest::Approx(ref).epsilon(1e-6));
+  // Clipping scales every gradient in place by max_norm / norm.
+  const std::vector<float> before = params[6].grad().to_vector<float>();
+  const Tensor same = params[6].grad();
+  clip_grad_norm(params, 1.0);
+  CHECK(params[6].grad().is_same_storage(same));
+  const std::vector<float> after = params[6].grad().to_vector<float>();
+  for (size_t i = 0; i < after.size(); i += 997) CHECK(after[i] == doctest::Approx(before[i] / ref).epsilon(1e-5));
+}

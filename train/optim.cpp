@@ -147,17 +147,27 @@ void Adam::step() {
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   LOOM_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got ", max_norm);
   NoGradGuard no_grad;
+  // Σ g² in fixed chunks (the SIMD kernel, in double across chunks), the
+  // chunks added in order: the same bits for any thread count and ISA.
+  constexpr int64_t kChunk = 1 << 16;
   double total = 0;
   for (const Tensor& p : params) {
     if (!p.grad().defined()) continue;
-    const std::vector<float> g = p.grad().contiguous().to_vector<float>();
-    for (float x : g) total += double(x) * x;  // in double, in a fixed order: deterministic
+    const Tensor g = p.grad().contiguous();
+    const float* x = g.data_ptr<float>();
+    const int64_t n = g.numel(), chunks = (n + kChunk - 1) / kChunk;
+    std::vector<double> partial(static_cast<size_t>(chunks));
+    parallel_for(chunks, kChunk, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        partial[size_t(c)] = kernels::table().sum_squares(x + c * kChunk, std::min(kChunk, n - c * kChunk));
+    });
+    for (double s : partial) total += s;
   }
   const double norm = std::sqrt(total);
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1)
     for (const Tensor& p : params)
-      if (p.grad().defined()) p.mutable_grad() = p.grad() * float(coef);
+      if (p.grad().defined()) p.grad().mul_(float(coef));  // in place: no new gradient tensors
   return norm;
 }
 

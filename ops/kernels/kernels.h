@@ -48,6 +48,9 @@ struct Table {
   // Sum of x[0..n). The order of additions is the same on every instruction
   // set (16 lanes, then blocks in double), so the result is bit-identical.
   double (*sum)(const float* x, int64_t n);
+  // Σ x[i]² over x[0..n), in the same fixed order as sum (no FMA), so it is
+  // bit-identical on every instruction set too (gradient norms).
+  double (*sum_squares)(const float* x, int64_t n);
   // Largest element of x[0..n) (n > 0); NaN if any element is NaN.
   float (*max)(const float* x, int64_t n);
   // One row of softmax (log = false) or log_softmax (log = true).

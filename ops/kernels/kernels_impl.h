@@ -175,7 +175,9 @@ void binary(BinaryOp op, const float* a, int64_t as, const float* b, int64_t bs,
 // 16 float lanes whatever the batch width: lane j adds up elements j, j+16,
 // j+32, ... of each block of 4096, and the blocks are added in double. The
 // additions are the same on SSE2, AVX2 and AVX-512, so the sums are too.
-template <class A>
+// Square = true sums x² instead of x (a multiply, then an add: no FMA, whose
+// rounding SSE2 could not reproduce).
+template <class A, bool Square = false>
 double sum(const float* x, int64_t n) {
   using B = Batch<A>;
   constexpr int64_t W = B::size, L = 16, K = L / W, Block = 4096;
@@ -186,15 +188,35 @@ double sum(const float* x, int64_t n) {
     for (int64_t k = 0; k < K; ++k) acc[k] = B(0.0f);
     int64_t i = start;
     for (; i + L <= end; i += L)
-      for (int64_t k = 0; k < K; ++k) acc[k] += B::load_unaligned(x + i + k * W);
+      for (int64_t k = 0; k < K; ++k) {
+        const B v = B::load_unaligned(x + i + k * W);
+        if constexpr (Square) {
+          const B sq = v * v;
+          acc[k] += sq;
+        } else {
+          acc[k] += v;
+        }
+      }
     alignas(64) float lanes[L];
     for (int64_t k = 0; k < K; ++k) acc[k].store_aligned(lanes + k * W);
-    for (int64_t j = 0; i + j < end; ++j) lanes[j] += x[i + j];
+    for (int64_t j = 0; i + j < end; ++j) {
+      if constexpr (Square) {
+        const float sq = x[i + j] * x[i + j];
+        lanes[j] += sq;
+      } else {
+        lanes[j] += x[i + j];
+      }
+    }
     for (int64_t j = 0; j < L; ++j) lanes_total[j] += lanes[j];
   }
   double total = 0;
   for (int64_t j = 0; j < L; ++j) total += lanes_total[j];
   return total;
+}
+
+template <class A>
+double sum_squares(const float* x, int64_t n) {
+  return sum<A, true>(x, n);
 }
 
 template <class A>
@@ -483,7 +505,7 @@ void sgd_update(float* w, const float* g, float* buf, int64_t n, const SGDStep& 
 template <class A>
 Table make_table(const char* name) {
   return Table{name,          &unary<A>,        &unary_backward<A>,   &binary<A>,
-               &sum<A>,       &max<A>,          &softmax<A>,          &softmax_backward<A>,
+               &sum<A>,       &sum_squares<A>,  &max<A>,          &softmax<A>,          &softmax_backward<A>,
                &logsumexp<A>, &softmax_minus<A>, &norm<A>,            &norm_backward<A>,
                &norm_param_grads<A>, &gemm<A>,   &adam_update<A>,     &sgd_update<A>};
 }
