@@ -1,6 +1,7 @@
 // The one header a user includes: #include <loom/loom.h>
 #pragma once
 
+#include <loom/core/autocast.h>
 #include <loom/core/autograd.h>
 #include <loom/core/dtype.h>
 #include <loom/core/error.h>

@@ -26,6 +26,13 @@
 // instead. Same thread count, same bits, run after run; another thread
 // count may change the last bits (as in PyTorch).
 //
+// bfloat16. Under an AutocastGuard (core/autocast.h) both operands are
+// rounded to bfloat16 and the product accumulates in float32. Where the CPU
+// multiplies bfloat16 natively, every such product is a matmul primitive on
+// bfloat16 copies; elsewhere the operands are rounded in float32 and go the
+// float32 way (the same numbers: a product of two bfloat16 values is exact
+// in float32). Parameters' bfloat16 copies are made once per autocast region.
+//
 // Concurrency. Any thread may call matmul at any time, also many at once.
 // dnnl_sgemm keeps no state between calls. A primitive does: it is made
 // for the thread count it sees when created (it may split the k sum and
@@ -45,8 +52,10 @@
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <loom/core/autocast.h>
 #include <loom/core/autograd.h>
 #include <loom/core/parallel.h>
+#include <loom/ops/kernels/kernels.h>
 #include <loom/ops/ops.h>
 
 namespace loom {
@@ -71,12 +80,17 @@ Mat plain(Mat m) {
 // and not overlapping.
 bool gemm_layout(const Mat& m) { return (m.cs == 1 && m.rs >= m.cols) || (m.rs == 1 && m.cs >= m.rows); }
 
-// An operand of a batched product: the matrix layout and where each batch
-// matrix starts (a stride per batch dim of the product, 0 where broadcast).
+// An operand of a batched product: float32 or bfloat16 data, the matrix
+// layout and where each batch matrix starts (a stride per batch dim of the
+// product, 0 where broadcast), all in elements.
 struct Operand {
-  const float* data;
+  const void* data;
+  bool bf16;
   Shape batch_strides;
   Mat mat;
+  const void* at(int64_t offset) const {
+    return static_cast<const char*>(data) + offset * (bf16 ? 2 : 4);
+  }
 };
 
 // How many threads a oneDNN call made here would use.
@@ -93,8 +107,12 @@ void sgemm(const Mat& a, const float* ap, const Mat& b, const float* bp, float* 
              a.cols, "] x [", b.rows, ", ", b.cols, "]");
 }
 
+void primitive_product(const Mat& x, const void* xp, const Mat& wt, const void* wp, bool bf16, const float* bias,
+                       float* y);
+
 // C[p] = A[p] · B[p] for every index p of the batch shape; C is contiguous
-// [batch..., m, n].
+// [batch..., m, n]. float32 operands go to dnnl_sgemm, bfloat16 ones (both)
+// to the matmul primitive.
 void batched_product(Operand a, Operand b, float* c, const Shape& batch_shape) {
   // Drop size-1 batch dims, then merge each dim into the one before it
   // where both operands' strides continue (C, contiguous, always does).
@@ -122,7 +140,12 @@ void batched_product(Operand a, Operand b, float* c, const Shape& batch_shape) {
       a_off += i * a_bs[size_t(d)];
       b_off += i * b_bs[size_t(d)];
     }
-    sgemm(a.mat, a.data + a_off, b.mat, b.data + b_off, c + p * per_matrix);
+    if (a.bf16) {
+      primitive_product(a.mat, a.at(a_off), b.mat, b.at(b_off), true, nullptr, c + p * per_matrix);
+    } else {
+      sgemm(a.mat, static_cast<const float*>(a.at(a_off)), b.mat, static_cast<const float*>(b.at(b_off)),
+            c + p * per_matrix);
+    }
   };
   if (count >= threads_here()) {  // one matrix per task (oneDNN single-threaded inside)
     parallel_for(count, 2 * per_matrix * a.mat.cols, [&](int64_t first, int64_t end) {
@@ -133,14 +156,16 @@ void batched_product(Operand a, Operand b, float* c, const Shape& batch_shape) {
   }
 }
 
-// ---- the matmul primitive, for linear's forward -------------------------------------------
-// y[rows, out] = X · Wᵀ (+ bias) on `threads` threads.
+// ---- the matmul primitive: linear's forward, and bfloat16 products ------------------------
+// y[rows, out] = X · Wᵀ (+ bias) on `threads` threads, X and Wᵀ float32 or
+// bfloat16, y float32.
 struct Key {
   Mat x, wt;
   bool bias;
   int threads;
+  bool bf16;
   bool operator==(const Key& o) const {
-    return bias == o.bias && threads == o.threads &&
+    return bias == o.bias && threads == o.threads && bf16 == o.bf16 &&
            std::tie(x.rows, x.cols, x.rs, x.cs, wt.rows, wt.cols, wt.rs, wt.cs) ==
                std::tie(o.x.rows, o.x.cols, o.x.rs, o.x.cs, o.wt.rows, o.wt.cols, o.wt.rs, o.wt.cs);
   }
@@ -148,7 +173,7 @@ struct Key {
 
 struct KeyHash {
   size_t operator()(const Key& k) const {
-    size_t h = size_t(k.bias) * 31 + size_t(k.threads);
+    size_t h = size_t(k.bias) * 31 + size_t(k.threads) * 2 + size_t(k.bf16);
     for (int64_t v : {k.x.rows, k.x.cols, k.x.rs, k.x.cs, k.wt.rows, k.wt.cols, k.wt.rs, k.wt.cs})
       h = h * 1000003u ^ std::hash<int64_t>()(v);
     return h;
@@ -160,7 +185,9 @@ dnnl::engine& cpu_engine() {
   return engine;
 }
 
-memory::desc desc_of(const Mat& m) { return memory::desc({m.rows, m.cols}, memory::data_type::f32, {m.rs, m.cs}); }
+memory::desc desc_of(const Mat& m, bool bf16 = false) {
+  return memory::desc({m.rows, m.cols}, bf16 ? memory::data_type::bf16 : memory::data_type::f32, {m.rs, m.cs});
+}
 
 // A cached primitive with the descs it runs on.
 struct Prepared {
@@ -183,7 +210,7 @@ Prepared prepared_for(const Key& key) {
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   ThreadCount count(key.threads);  // oneDNN sizes the primitive for the threads it sees now
-  Prepared p{{}, desc_of(key.x), desc_of(key.wt), desc_of({key.x.rows, key.wt.cols, key.wt.cols, 1}),
+  Prepared p{{}, desc_of(key.x, key.bf16), desc_of(key.wt, key.bf16), desc_of({key.x.rows, key.wt.cols, key.wt.cols, 1}),
              desc_of({1, key.wt.cols, key.wt.cols, 1}), {}};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -212,13 +239,14 @@ void* scratch_buffer(size_t bytes) {
   return buffer.data.get();
 }
 
-// y = X · Wᵀ (+ bias), y contiguous [rows, out].
-void linear_product(const Operand& x, const Operand& wt, const float* bias, float* y) {
-  const Prepared p = prepared_for({x.mat, wt.mat, bias != nullptr, threads_here()});
+// y = X · Wᵀ (+ bias), y contiguous [rows, out]; X and Wᵀ both float32 or both bfloat16.
+void primitive_product(const Mat& x, const void* xp, const Mat& wt, const void* wp, bool bf16, const float* bias,
+                       float* y) {
+  const Prepared p = prepared_for({x, wt, bias != nullptr, threads_here(), bf16});
   thread_local dnnl::stream stream(cpu_engine());
   dnnl::engine& eng = cpu_engine();
-  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(p.x, eng, const_cast<float*>(x.data))},
-                                          {DNNL_ARG_WEIGHTS, memory(p.wt, eng, const_cast<float*>(wt.data))},
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(p.x, eng, const_cast<void*>(xp))},
+                                          {DNNL_ARG_WEIGHTS, memory(p.wt, eng, const_cast<void*>(wp))},
                                           {DNNL_ARG_DST, memory(p.y, eng, y)}};
   if (bias) args.emplace(DNNL_ARG_BIAS, memory(p.bias, eng, const_cast<float*>(bias)));
   if (size_t bytes = p.scratch.get_size()) args.emplace(DNNL_ARG_SCRATCHPAD, memory(p.scratch, eng, scratch_buffer(bytes)));
@@ -236,17 +264,59 @@ Operand as_operand(const Tensor& t, const Shape& batch, Tensor& keep) {
     src = keep;
     mat = plain({t.size(-2), t.size(-1), src.stride(-2), src.stride(-1)});
   }
-  Operand op{src.data_ptr<float>(), Shape(batch.size(), 0), mat};
+  Operand op{src.raw_data(), src.dtype() == kBFloat16, Shape(batch.size(), 0), mat};
   const size_t lead = batch.size() - size_t(t.dim() - 2);
   for (size_t d = lead; d < batch.size(); ++d)
     if (src.size(int64_t(d - lead)) != 1) op.batch_strides[d] = src.stride(int64_t(d - lead));
   return op;
 }
 
+// ---- autocast: the bfloat16 operands -------------------------------------------------------
+// t elementwise as bfloat16 (native) or rounded to bfloat16 in float32, in
+// t's own memory order when t is a transposed matrix (no transpose copied).
+Tensor convert_bf16(const Tensor& t, bool native) {
+  NoGradGuard no_grad;
+  const bool transposed = t.dim() >= 2 && !t.is_contiguous() && t.transpose(-2, -1).is_contiguous();
+  const Tensor src = transposed ? t.transpose(-2, -1) : t.contiguous();
+  Tensor out = empty(src.sizes(), native ? kBFloat16 : kFloat32);
+  const float* x = src.data_ptr<float>();
+  const int64_t n = src.numel();
+  constexpr int64_t kChunk = 1 << 14;
+  parallel_for((n + kChunk - 1) / kChunk, kChunk, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t first = c * kChunk, len = std::min(kChunk, n - first);
+      if (native) kernels::table().to_bf16(x + first, static_cast<uint16_t*>(out.raw_data()) + first, len);
+      else kernels::table().round_bf16(x + first, out.data_ptr<float>() + first, len);
+    }
+  });
+  return transposed ? out.transpose(-2, -1) : out;
+}
+
+// t as an operand of an autocast product. A parameter (a leaf that requires
+// grad) is converted once per autocast region, like PyTorch's cast cache:
+// the forward and the backward of a step share the copy.
+Tensor bf16_operand(const Tensor& t) {
+  const bool native = native_bf16();
+  if (!(t.is_leaf() && t.requires_grad())) return convert_bf16(t, native);
+  struct Cached {
+    std::shared_ptr<TensorImpl> owner;  // keeps the key's address from being reused
+    Tensor copy;
+  };
+  thread_local std::unordered_map<const TensorImpl*, Cached> cast_cache;
+  thread_local uint64_t cache_region = ~uint64_t(0);
+  if (cache_region != autocast_region()) cast_cache.clear(), cache_region = autocast_region();
+  auto it = cast_cache.find(t.impl_ptr().get());
+  if (it != cast_cache.end() && it->second.copy.dtype() == (native ? kBFloat16 : kFloat32)) return it->second.copy;
+  Tensor copy = convert_bf16(t, native);
+  cast_cache[t.impl_ptr().get()] = {t.impl_ptr(), copy};
+  return copy;
+}
+
 Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
   LOOM_CHECK(b.size(-2) == k, "matmul: cannot multiply ", a.sizes(), " by ", b.sizes(), " (", k, " != ", b.size(-2),
              ")");
+  const bool autocast = autocast_enabled();
   Shape batch = broadcast_shapes("matmul", Shape(a.sizes().begin(), a.sizes().end() - 2),
                                  Shape(b.sizes().begin(), b.sizes().end() - 2));
   Shape out_shape = batch;
@@ -258,9 +328,11 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   } else {
     out = empty(out_shape);
     Tensor keep_a, keep_b;
-    batched_product(as_operand(a, batch, keep_a), as_operand(b, batch, keep_b), out.data_ptr<float>(), batch);
+    const Tensor a_in = autocast ? bf16_operand(a) : a, b_in = autocast ? bf16_operand(b) : b;
+    batched_product(as_operand(a_in, batch, keep_a), as_operand(b_in, batch, keep_b), out.data_ptr<float>(), batch);
   }
-  record("matmul", {a, b}, out, [a, b](const Tensor& g) {
+  record("matmul", {a, b}, out, [a, b, autocast](const Tensor& g) {
+    AutocastGuard precision(autocast);  // the backward's products in the forward's precision
     return Grads{a.requires_grad() ? matmul(g, b.transpose(-2, -1)) : Tensor(),
                  b.requires_grad() ? matmul(a.transpose(-2, -1), g) : Tensor()};
   });
@@ -309,6 +381,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                "linear: bias must be float32 of shape [", out_features, "], got ", dtype_name(bias.dtype()), " ",
                bias.sizes());
   }
+  const bool autocast = autocast_enabled();
   Shape out_shape = x.sizes();
   out_shape.back() = out_features;
   const int64_t rows = numel_of(Shape(x.sizes().begin(), x.sizes().end() - 1));
@@ -318,13 +391,16 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     out = bias.defined() ? bias.expand(out_shape).contiguous() : zeros(out_shape);  // an empty product is 0
   } else {
     Tensor x2 = x.detach().reshape({rows, in}), b = bias.defined() ? bias.contiguous() : bias;
+    const Tensor x_in = autocast ? bf16_operand(x2) : x2, w_in = autocast ? bf16_operand(weight) : weight.detach();
     Tensor keep_x, keep_w;
-    Operand X = as_operand(x2, {}, keep_x);
-    Operand Wt = as_operand(weight.detach().t(), {}, keep_w);  // Wᵀ [in, out] as a strided view
+    Operand X = as_operand(x_in, {}, keep_x);
+    Operand Wt = as_operand(w_in.t(), {}, keep_w);  // Wᵀ [in, out] as a strided view
     out = empty(out_shape);
-    linear_product(X, Wt, b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
+    primitive_product(X.mat, X.data, Wt.mat, Wt.data, X.bf16, b.defined() ? b.data_ptr<float>() : nullptr,
+                      out.data_ptr<float>());
   }
-  record("linear", {x, weight, bias}, out, [x, weight, bias, rows, in, out_features](const Tensor& g) {
+  record("linear", {x, weight, bias}, out, [x, weight, bias, rows, in, out_features, autocast](const Tensor& g) {
+    AutocastGuard precision(autocast);  // the backward's products in the forward's precision
     Tensor g2 = g.reshape({rows, out_features});
     Tensor dx = x.requires_grad() ? matmul(g, weight) : Tensor();
     Tensor dw = weight.requires_grad() ? matmul(g2.t(), x.reshape({rows, in})) : Tensor();

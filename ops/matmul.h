@@ -8,6 +8,8 @@
 namespace loom {
 
 // torch.matmul: 1-D and 2-D operands, and batched with broadcast batch dims.
+// Under an AutocastGuard (core/autocast.h) matmul and linear round their
+// inputs to bfloat16 and accumulate in float32, forward and backward.
 Tensor matmul(const Tensor& a, const Tensor& b);
 
 // torch.nn.functional.linear: x · weightᵀ + bias, weight [out, in], bias

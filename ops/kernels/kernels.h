@@ -90,6 +90,12 @@ struct Table {
   //               d ← nesterov ? d + μ·buf : buf;  w ← w − lr·d
   void (*adam_update)(float* w, const float* g, float* m, float* v, int64_t n, const AdamStep& s);
   void (*sgd_update)(float* w, const float* g, float* buf, int64_t n, const SGDStep& s);
+
+  // bfloat16: y[i] = the top 16 bits of x[i] rounded to nearest even (NaN
+  // stays a quiet NaN), the same bits as core/dtype.h's BFloat16(float).
+  void (*to_bf16)(const float* x, uint16_t* y, int64_t n);
+  // y[i] = float(bfloat16(x[i])): x rounded to bfloat16 precision, as float.
+  void (*round_bf16)(const float* x, float* y, int64_t n);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by

@@ -502,12 +502,51 @@ void sgd_update(float* w, const float* g, float* buf, int64_t n, const SGDStep& 
   if (buf) std::copy(tb, tb + r, buf + i);
 }
 
+// ---- bfloat16 -------------------------------------------------------------------------------
+// The bfloat16 bits of each lane (in the low 16 bits of an int32 lane):
+// add 0x7fff plus the lowest kept bit, then drop 16 bits (round to nearest,
+// ties to even); a NaN keeps its top bits with the quiet bit set. (NaN is
+// found on the bits: a float compare of x with itself is false for NaN only
+// in its "unordered" form, which xsimd's != is not.)
+template <class A>
+inline xsimd::batch<int32_t, A> bf16_bits(Batch<A> x) {
+  using I = xsimd::batch<int32_t, A>;
+  const I u = xsimd::bitwise_cast<I>(x);
+  const I low16(0xffff);
+  const I rounded = ((u + I(0x7fff) + ((u >> 16) & I(1))) >> 16) & low16;
+  const I quiet_nan = ((u >> 16) | I(0x40)) & low16;
+  return xsimd::select((u & I(0x7fffffff)) > I(0x7f800000), quiet_nan, rounded);
+}
+
+template <class A>
+void to_bf16(const float* x, uint16_t* y, int64_t n) {
+  constexpr int64_t W = Batch<A>::size;
+  alignas(64) int32_t lanes[W];
+  alignas(64) float buf[W] = {};
+  for (int64_t i = 0; i < n; i += W) {
+    const int64_t len = n - i < W ? n - i : W;
+    if (len == W) {
+      bf16_bits<A>(Batch<A>::load_unaligned(x + i)).store_aligned(lanes);
+    } else {  // the tail, padded with zeros
+      for (int64_t j = 0; j < len; ++j) buf[j] = x[i + j];
+      bf16_bits<A>(Batch<A>::load_aligned(buf)).store_aligned(lanes);
+    }
+    for (int64_t j = 0; j < len; ++j) y[i + j] = uint16_t(lanes[j]);
+  }
+}
+
+template <class A>
+void round_bf16(const float* x, float* y, int64_t n) {
+  map1<A>(x, y, n, [](Batch<A> v) { return xsimd::bitwise_cast<Batch<A>>(bf16_bits<A>(v) << 16); });
+}
+
 template <class A>
 Table make_table(const char* name) {
   return Table{name,          &unary<A>,        &unary_backward<A>,   &binary<A>,
                &sum<A>,       &sum_squares<A>,  &max<A>,          &softmax<A>,          &softmax_backward<A>,
                &logsumexp<A>, &softmax_minus<A>, &norm<A>,            &norm_backward<A>,
-               &norm_param_grads<A>, &gemm<A>,   &adam_update<A>,     &sgd_update<A>};
+               &norm_param_grads<A>, &gemm<A>,   &adam_update<A>,     &sgd_update<A>,
+               &to_bf16<A>,   &round_bf16<A>};
 }
 
 }  // namespace

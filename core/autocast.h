@@ -1,0 +1,45 @@
+// Mixed precision the PyTorch way (torch.autocast on CPU, bfloat16).
+//
+//   loom::AutocastGuard autocast;      // this thread, until the guard goes
+//   Tensor loss = model.forward(x);    // matmul, linear, attention: bfloat16 inputs
+//   loss.backward();                   // their backward too
+//
+// While a guard lives, matmul, linear and attention round their inputs to
+// bfloat16 and accumulate in float32; their outputs, everything else (norms,
+// softmax statistics, losses, reductions) and all parameters, gradients and
+// optimizer state stay float32. A product of two bfloat16 numbers is exact in
+// float32, so "bfloat16 inputs, float32 accumulation" is a float32 product
+// of the rounded inputs: on CPUs with bfloat16 dot products (AVX512-BF16,
+// AMX) oneDNN runs it at twice the float32 rate; elsewhere loom rounds the
+// inputs and runs the float32 kernels, the same numbers up to summation order.
+// An op's backward runs in the precision its forward ran in. docs/training.md,
+// "Mixed precision", says what runs in which precision and why.
+#pragma once
+
+#include <cstdint>
+
+namespace loom {
+
+class AutocastGuard {
+ public:
+  explicit AutocastGuard(bool enabled = true);
+  ~AutocastGuard();
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Whether bfloat16 autocast is on for this thread.
+bool autocast_enabled();
+
+// Counts the times this thread left its outermost guard: bfloat16 copies of
+// parameters cached inside one autocast region are stale after it.
+uint64_t autocast_region();
+
+// Whether this CPU (as oneDNN sees it, after ONEDNN_MAX_CPU_ISA) multiplies
+// bfloat16 natively.
+bool native_bf16();
+
+}  // namespace loom
