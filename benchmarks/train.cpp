@@ -19,7 +19,9 @@
 // Useful FLOPs count each matrix product once: forward 2·m·k·n per product, the backward twice
 // that; attention as causal (each query sees (n+1)/2 keys on average), 4·n·n_avg·d per layer
 // forward (QKᵀ and AV), the backward twice that (the fused kernel's recompute is not counted).
-// Case charlm_busy_* runs the char-LM step beside a busy-loop process that holds one core.
+// NAME_tT_bf16: the same under bfloat16 autocast (core/autocast.h; native bfloat16 products where
+// the CPU has them: loom-bench prints whether). Case charlm_busy_* runs the char-LM step beside a
+// busy-loop process that holds one core.
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -92,8 +94,9 @@ struct StepTimes {
 
 class Trainer {
  public:
-  explicit Trainer(const ModelCase& c)
-      : model_(model_from_json(config_json(c))),
+  explicit Trainer(const ModelCase& c, bool bf16 = false)
+      : bf16_(bf16),
+        model_(model_from_json(config_json(c))),
         ar_(model_.transformer),
         opt_(model_.module().named_parameters(), {.lr = 1e-3, .weight_decay = 0.1}) {
     for (auto& [name, p] : model_.module().named_parameters()) params_.push_back(p);
@@ -104,12 +107,15 @@ class Trainer {
     StepTimes t;
     auto t0 = Clock::now();
     opt_.zero_grad();
-    profile::mark();
-    Tensor loss = ar_.loss(tokens_);
-    t.forward = seconds_since(t0);
-    t0 = Clock::now();
-    loss.backward();
-    t.backward = seconds_since(t0);
+    {
+      AutocastGuard autocast(bf16_);  // the optimizer runs outside it, in float32
+      profile::mark();
+      Tensor loss = ar_.loss(tokens_);
+      t.forward = seconds_since(t0);
+      t0 = Clock::now();
+      loss.backward();
+      t.backward = seconds_since(t0);
+    }
     t0 = Clock::now();
     clip_grad_norm(params_, 1.0);
     opt_.step();
@@ -118,12 +124,14 @@ class Trainer {
   }
   double forward_only() {
     NoGradGuard no_grad;
+    AutocastGuard autocast(bf16_);
     const auto t0 = Clock::now();
     ar_.net->forward(tokens_.narrow(1, 0, tokens_.size(1) - 1));
     return seconds_since(t0);
   }
 
  private:
+  bool bf16_;
   LoadedModel model_;
   AutoregressiveWrapper ar_;
   AdamW opt_;
@@ -179,17 +187,19 @@ void train_suite(Reporter& rep) {
   const std::vector<ModelCase> cases = {{"charlm", 128, 4, 4, 32, 4, 16, 128, true},
                                         {"d256", 256, 4, 4, 64, 4, 8, 256, false},
                                         {"d512", 512, 6, 8, 64, 4, 4, 512, false}};
-  std::fprintf(stderr, "train: FMA peak probe at %s width\n", peak_isa().c_str());
+  std::fprintf(stderr, "train: FMA peak probe at %s width; native bfloat16 products: %s\n", peak_isa().c_str(),
+               native_bf16() ? "yes" : "no (bf16 cases round to bfloat16 and multiply in float32)");
   std::map<int, double> peak;
   for (const ModelCase& c : cases) {
+    for (const bool bf16 : {false, true}) {
     for (int threads : {1, 2}) {
-      const std::string name = c.name + "_t" + std::to_string(threads);
+      const std::string name = c.name + "_t" + std::to_string(threads) + (bf16 ? "_bf16" : "");
       if (!rep.wants(name) || threads > max_threads) continue;
       omp_set_num_threads(threads);
       if (!peak.count(threads)) peak[threads] = peak_gflops(threads);
       manual_seed(0);
       const double rss_before = rss_mb();
-      Trainer tr(c);
+      Trainer tr(c, bf16);
       const int steps = c.name == "d512" ? 3 : 5;
       reset_peak_memory_stats();
       const int64_t before = memory_allocated();
@@ -228,6 +238,7 @@ void train_suite(Reporter& rep) {
       kinds["optimizer"] += pt.optimizer;
       for (const auto& [kind, seconds] : kinds)
         rep.add({"", name, "kind_" + kind + "_ms", "ms", "step_ms", seconds * 1e3, pt.total() * 1e3, true});
+    }
     }
   }
   // Beside a busy loop holding one of the cores: default threading against 1 thread.
