@@ -103,3 +103,35 @@ TEST_CASE("dropout: same seed, same mask, for any thread count, gradient is the 
   std::vector<float> yv = y.to_vector<float>(), xv = x.to_vector<float>(), gv = x.grad().to_vector<float>();
   for (size_t i = 0; i < yv.size(); ++i) CHECK(gv[i] == doctest::Approx(yv[i] / xv[i]).epsilon(1e-5));
 }
+
+TEST_CASE("attention's row kernels: exp_sum and softmax_grad against double, the same bits on every ISA") {
+  Generator g(37);
+  for (int64_t n : {1, 5, 16, 17, 64, 100}) {
+    CAPTURE(n);
+    std::vector<float> x = (randn({n}, g) * 3.0f).to_vector<float>();
+    x[size_t(n / 2)] = -INFINITY;  // a masked logit: weight 0
+    const float shift = 1.5f;
+    std::vector<float> dP = randn({n}, g).to_vector<float>(), P = rand({n}, g).to_vector<float>();
+    double want_sum = 0;
+    std::vector<double> want_y, want_ds;
+    for (int64_t i = 0; i < n; ++i) {
+      want_y.push_back(std::exp(double(x[size_t(i)]) - shift));
+      want_sum += want_y.back();
+      want_ds.push_back(double(P[size_t(i)]) * (double(dP[size_t(i)]) - 0.25));
+    }
+    std::vector<std::vector<float>> ys;
+    std::vector<float> sums;
+    for_each_isa([&](const std::string& isa) {
+      CAPTURE(isa);
+      std::vector<float> y(static_cast<size_t>(n)), ds(static_cast<size_t>(n));
+      sums.push_back(kernels::table().exp_sum(x.data(), shift, y.data(), n));
+      ys.push_back(y);
+      CHECK(close_or_same(y, want_y, 1e-7, 1e-6));
+      CHECK(y[size_t(n / 2)] == 0.0f);
+      CHECK(sums.back() == doctest::Approx(want_sum).epsilon(1e-6));
+      kernels::table().softmax_grad(P.data(), dP.data(), 0.25f, ds.data(), n);
+      CHECK(close_or_same(ds, want_ds, 1e-7, 1e-6));
+    });
+    for (size_t i = 1; i < sums.size(); ++i) CHECK(sums[i] == sums[0]);
+  }
+}

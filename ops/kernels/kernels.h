@@ -63,6 +63,12 @@ struct Table {
   float (*logsumexp)(const float* x, int64_t n);
   // dx = scale * (exp(x - lse) - offset): the softmax part of cross_entropy's gradient.
   void (*softmax_minus)(const float* x, float lse, float scale, float offset, float* dx, int64_t n);
+  // y = exp(x - shift), returning Σ y (summed in 16 lanes, then the lanes in
+  // order: the same on every ISA): an online-softmax row's weights and their
+  // sum in one pass (ops/attention.cpp).
+  float (*exp_sum)(const float* x, float shift, float* y, int64_t n);
+  // dS = P * (dP - delta): softmax's backward inside an attention tile.
+  void (*softmax_grad)(const float* P, const float* dP, float delta, float* dS, int64_t n);
 
   // One row of layer_norm (rms = false) or rms_norm (rms = true):
   //   y = (x - mean) * rstd * w + b,  rstd = 1 / sqrt(var + eps)   (rms: mean = 0, var = mean(x²))

@@ -316,6 +316,47 @@ void softmax_minus(const float* x, float lse, float scale, float offset, float* 
   map1<A>(x, dx, n, [=](B v) { return s * (xsimd::exp(v - l) - o); });
 }
 
+template <class A>
+float exp_sum(const float* x, float shift, float* y, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size, L = 16, K = L / W;
+  const B sh(shift);
+  B acc[K];
+  for (int64_t j = 0; j < K; ++j) acc[j] = B(0.0f);
+  alignas(64) float buf[L];
+  for (int64_t i = 0; i < n; i += L) {
+    const int64_t len = n - i < L ? n - i : L;
+    const float* src = x + i;
+    if (len < L) {  // the tail, padded with −∞ (weight 0)
+      for (int64_t j = 0; j < L; ++j) buf[j] = j < len ? x[i + j] : -__builtin_inff();
+      src = buf;
+    }
+    for (int64_t j = 0; j < K; ++j) {
+      const B e = xsimd::exp(B::load_unaligned(src + j * W) - sh);
+      acc[j] += e;
+      if (len == L) e.store_unaligned(y + i + j * W);
+      else e.store_aligned(buf + j * W);
+    }
+    if (len < L)
+      for (int64_t j = 0; j < len; ++j) y[i + j] = buf[j];
+  }
+  alignas(64) float lanes[L];
+  for (int64_t j = 0; j < K; ++j) acc[j].store_aligned(lanes + j * W);
+  float total = 0;
+  for (int64_t j = 0; j < L; ++j) total += lanes[j];
+  return total;
+}
+
+template <class A>
+void softmax_grad(const float* P, const float* dP, float delta, float* dS, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  const B d(delta);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) (B::load_unaligned(P + i) * (B::load_unaligned(dP + i) - d)).store_unaligned(dS + i);
+  for (; i < n; ++i) dS[i] = P[i] * (dP[i] - delta);
+}
+
 // sum((x - c)^2) over a row, in float batches.
 template <class A>
 float sum_sq_dev(const float* x, float c, int64_t n) {
@@ -391,15 +432,17 @@ void norm_param_grads(const float* x, const float* g, float mean, float rstd, fl
   }
 }
 
-// C = alpha A·B (+ C). Four rows of C at a time, two batches wide, are
-// built in eight registers: each step t loads two batches of row t of B and
-// broadcasts A(r, t) for the four rows, so every load feeds four FMAs.
-// Leftover rows and columns go through one_row.
+// C = alpha A·B (+ C). R rows of C at a time, two batches wide, are built
+// in 2R registers: each step t loads two batches of row t of B and
+// broadcasts A(r, t) for the R rows, so every load of B feeds R FMAs. R is 8
+// with AVX-512's 32 vector registers and 4 with AVX2's and SSE2's 16 (2R
+// accumulators, two of B and a broadcast must fit). Leftover rows and columns
+// go through one_row.
 template <class A>
 void gemm(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t m,
           int64_t n, int64_t k, float alpha, bool accumulate) {
   using B = Batch<A>;
-  constexpr int64_t W = B::size;
+  constexpr int64_t W = B::size, R = W == 16 ? 8 : 4;
   const B al(alpha);
   auto finish = [&](B acc, float* dst) {
     acc *= al;
@@ -422,31 +465,25 @@ void gemm(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ld
     }
   };
   int64_t r = 0;
-  for (; r + 4 <= m; r += 4) {
+  for (; r + R <= m; r += R) {
     const float* a0 = a + r * a_rs;
     int64_t col = 0;
     for (; col + 2 * W <= n; col += 2 * W) {
-      B c00(0.0f), c01(0.0f), c10(0.0f), c11(0.0f), c20(0.0f), c21(0.0f), c30(0.0f), c31(0.0f);
+      B c0[R], c1[R];
+      for (int64_t i = 0; i < R; ++i) c0[i] = B(0.0f), c1[i] = B(0.0f);
       for (int64_t t = 0; t < k; ++t) {
         const float* bt = b + t * ldb + col;
         const B b0 = B::load_unaligned(bt), b1 = B::load_unaligned(bt + W);
         const float* at = a0 + t * a_cs;
-        B x(at[0]);
-        c00 = xsimd::fma(x, b0, c00), c01 = xsimd::fma(x, b1, c01);
-        x = B(at[a_rs]);
-        c10 = xsimd::fma(x, b0, c10), c11 = xsimd::fma(x, b1, c11);
-        x = B(at[2 * a_rs]);
-        c20 = xsimd::fma(x, b0, c20), c21 = xsimd::fma(x, b1, c21);
-        x = B(at[3 * a_rs]);
-        c30 = xsimd::fma(x, b0, c30), c31 = xsimd::fma(x, b1, c31);
+        for (int64_t i = 0; i < R; ++i) {
+          const B x(at[i * a_rs]);
+          c0[i] = xsimd::fma(x, b0, c0[i]), c1[i] = xsimd::fma(x, b1, c1[i]);
+        }
       }
       float* cr = c + r * ldc + col;
-      finish(c00, cr), finish(c01, cr + W);
-      finish(c10, cr + ldc), finish(c11, cr + ldc + W);
-      finish(c20, cr + 2 * ldc), finish(c21, cr + 2 * ldc + W);
-      finish(c30, cr + 3 * ldc), finish(c31, cr + 3 * ldc + W);
+      for (int64_t i = 0; i < R; ++i) finish(c0[i], cr + i * ldc), finish(c1[i], cr + i * ldc + W);
     }
-    for (int64_t rr = r; rr < r + 4; ++rr) one_row(rr, col);
+    for (int64_t rr = r; rr < r + R; ++rr) one_row(rr, col);
   }
   for (; r < m; ++r) one_row(r, 0);
 }
@@ -544,7 +581,7 @@ template <class A>
 Table make_table(const char* name) {
   return Table{name,          &unary<A>,        &unary_backward<A>,   &binary<A>,
                &sum<A>,       &sum_squares<A>,  &max<A>,          &softmax<A>,          &softmax_backward<A>,
-               &logsumexp<A>, &softmax_minus<A>, &norm<A>,            &norm_backward<A>,
+               &logsumexp<A>, &softmax_minus<A>, &exp_sum<A>, &softmax_grad<A>, &norm<A>,            &norm_backward<A>,
                &norm_param_grads<A>, &gemm<A>,   &adam_update<A>,     &sgd_update<A>,
                &to_bf16<A>,   &round_bf16<A>};
 }
