@@ -5,7 +5,9 @@
 #include <immintrin.h>
 
 #include <chrono>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
@@ -85,6 +87,26 @@ double peak_gflops(int threads) {
     flops += run(20'000'000);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, flops / s / 1e9);
+  }
+  return best;
+}
+
+// Copy bandwidth (bytes read + written per second, GB/s) with `threads`
+// threads, each copying its share of 64 MiB: the roofline of memory-bound ops.
+double copy_gbps(int threads) {
+  const size_t n = size_t(64) << 20;
+  std::vector<char> src(n, 1), dst(n, 0);
+  double best = 0;
+  for (int round = 0; round < 5; ++round) {
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads)
+    {
+      const size_t t = size_t(omp_get_thread_num()), nt = size_t(omp_get_num_threads());
+      const size_t begin = n * t / nt, end = n * (t + 1) / nt;
+      std::memcpy(dst.data() + begin, src.data() + begin, end - begin);
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * double(n) / s / 1e9);
   }
   return best;
 }

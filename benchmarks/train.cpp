@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,7 @@
 namespace loom::bench {
 
 double peak_gflops(int threads);
+double copy_gbps(int threads);
 std::string peak_isa();
 
 namespace {
@@ -64,13 +66,45 @@ std::string config_json(const ModelCase& c) {
          (c.rotary ? ", \"rotary_pos_emb\": true" : "") + "}}";
 }
 
-// Useful FLOPs of one training step (see the top comment).
-double train_flops(const ModelCase& c) {
+// Forward FLOPs of the matrix products outside attention, and of attention's two products.
+double forward_matmul_flops(const ModelCase& c) {
   const double tokens = double(c.batch * c.seq), d = double(c.dim), inner = double(c.heads * c.dim_head);
-  const double per_token_layer = 2 * (3 * d * inner + inner * d + 2 * d * d * double(c.ff_mult));
-  const double attention_per_token_layer = 4 * (double(c.seq) + 1) / 2 * inner;
-  const double forward = tokens * (double(c.depth) * (per_token_layer + attention_per_token_layer) + 2 * d * 256);
-  return 3 * forward;
+  return tokens * (double(c.depth) * 2 * (3 * d * inner + inner * d + 2 * d * d * double(c.ff_mult)) + 2 * d * 256);
+}
+double forward_attention_flops(const ModelCase& c) {
+  return double(c.batch * c.seq) * double(c.depth) * 4 * (double(c.seq) + 1) / 2 * double(c.heads * c.dim_head);
+}
+// Useful FLOPs of one training step (see the top comment).
+double train_flops(const ModelCase& c) { return 3 * (forward_matmul_flops(c) + forward_attention_flops(c)); }
+
+// The profile as an SVG bar chart: per op kind, the measured time of one
+// step against the least time the machine could do it in (its roofline:
+// FLOPs at the FMA peak for matmul and attention, the minimum memory traffic
+// at copy bandwidth for the rest). docs/performance.md shows these.
+void write_profile_svg(const std::string& path, const std::string& title,
+                       const std::vector<std::pair<std::string, std::pair<double, double>>>& bars) {
+  double top = 0;
+  for (const auto& [kind, t] : bars) top = std::max(top, std::max(t.first, t.second));
+  const double W = 640, row = 26, left = 110, right = 90, head = 40, H = head + row * double(bars.size()) + 30;
+  auto x = [&](double ms) { return left + (W - left - right) * ms / top; };
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) return;
+  std::fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%g' height='%g' font-family='sans-serif' "
+               "font-size='12'>\n<rect width='100%%' height='100%%' fill='white'/>\n", W, H);
+  std::fprintf(f, "<text x='%g' y='18' font-size='14'>%s</text>\n", left, title.c_str());
+  std::fprintf(f, "<text x='%g' y='34' fill='#555'>measured (blue) and roofline (grey) per op kind, ms per step</text>\n",
+               left);
+  double y = head;
+  for (const auto& [kind, t] : bars) {
+    std::fprintf(f, "<text x='%g' y='%g' text-anchor='end'>%s</text>\n", left - 6, y + 15, kind.c_str());
+    std::fprintf(f, "<rect x='%g' y='%g' width='%g' height='9' fill='#1f77b4'/>\n", left, y + 3, x(t.first) - left);
+    std::fprintf(f, "<rect x='%g' y='%g' width='%g' height='9' fill='#bbb'/>\n", left, y + 13, x(t.second) - left);
+    std::fprintf(f, "<text x='%g' y='%g'>%.1f / %.1f</text>\n", x(std::max(t.first, t.second)) + 4, y + 15, t.first,
+                 t.second);
+    y += row;
+  }
+  std::fprintf(f, "</svg>\n");
+  std::fclose(f);
 }
 
 const char* kind_of(const std::string& op) {
@@ -122,6 +156,7 @@ class Trainer {
     t.optimizer = seconds_since(t0);
     return t;
   }
+  int64_t parameter_count() const { return model_.module().num_parameters(); }
   double forward_only() {
     NoGradGuard no_grad;
     AutocastGuard autocast(bf16_);
@@ -238,6 +273,23 @@ void train_suite(Reporter& rep) {
       kinds["optimizer"] += pt.optimizer;
       for (const auto& [kind, seconds] : kinds)
         rep.add({"", name, "kind_" + kind + "_ms", "ms", "step_ms", seconds * 1e3, pt.total() * 1e3, true});
+      if (const char* dir = std::getenv("LOOM_BENCH_SVG")) {  // the roofline picture of this case
+        const double peak_flops = peak[threads] * 1e9, bw = copy_gbps(threads) * 1e9;
+        std::map<std::string, double> roof;
+        static const std::set<std::string> views = {"view", "reshape", "permute", "transpose", "slice", "select",
+                                                     "expand", "squeeze", "unsqueeze", "narrow", "movedim", "t"};
+        for (const profile::Entry& e : profile::entries())  // a view moves no data in its forward
+          roof[kind_of(e.op)] += ((views.count(e.op) ? 0.0 : e.forward_bytes) + e.backward_bytes) / bw;
+        roof["matmul"] = std::max(roof["matmul"], 3 * forward_matmul_flops(c) / peak_flops);
+        roof["attention"] = std::max(roof["attention"], 3.5 * forward_attention_flops(c) / peak_flops);  // 7 products
+        const double param_bytes = 4.0 * double(tr.parameter_count());
+        roof["optimizer"] = 8 * param_bytes / bw;  // read w, g, m, v and write w, m, v; read g for the norm
+        std::vector<std::pair<std::string, std::pair<double, double>>> bars;
+        for (const auto& [kind, seconds] : kinds) bars.push_back({kind, {seconds * 1e3, roof[kind] * 1e3}});
+        std::sort(bars.begin(), bars.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+        write_profile_svg(std::string(dir) + "/" + name + ".svg",
+                          name + ": one training step, " + std::to_string(threads) + " thread(s), " + peak_isa(), bars);
+      }
     }
     }
   }

@@ -32,9 +32,17 @@ bool any_requires_grad(std::initializer_list<Tensor> inputs) { return any_requir
 bool any_requires_grad(const std::vector<Tensor>& inputs) { return any_requires_grad_in(inputs); }
 
 namespace {
+double bytes_of(const Tensor& t) { return t.defined() ? double(t.numel()) * double(element_size(t.dtype())) : 0.0; }
+template <typename List>
+double tensor_bytes(const List& ts) {
+  double b = 0;
+  for (const Tensor& t : ts) b += bytes_of(t);
+  return b;
+}
+
 template <typename List>
 void record_node(const char* name, const List& inputs, Tensor& output, BackwardFn backward) {
-  if (grad_enabled && profile::enabled()) profile::charge_forward(name);
+  if (grad_enabled && profile::enabled()) profile::charge_forward(name, tensor_bytes(inputs) + bytes_of(output));
   if (!any_requires_grad(inputs)) return;
   auto node = std::make_shared<Node>();
   node->name = name;
@@ -137,7 +145,8 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph)
       const auto t0 = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       Grads grads = n->backward(grad_output);
       if (timed)
-        profile::charge_backward(n->name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        profile::charge_backward(n->name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                                 bytes_of(grad_output) + tensor_bytes(grads));
       LOOM_CHECK(grads.size() == n->inputs.size(), "backward: node '", n->name, "' returned ",
                  grads.size(), " gradients for ", n->inputs.size(), " inputs");
       for (size_t i = 0; i < grads.size(); ++i) {

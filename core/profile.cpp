@@ -44,20 +44,22 @@ std::vector<Entry> entries() {
   return out;
 }
 
-void charge_forward(const char* op) {
+void charge_forward(const char* op, double bytes) {
   const Clock::time_point now = Clock::now();
   const double seconds = std::chrono::duration<double>(now - last).count();
   last = now;
   std::lock_guard<std::mutex> lock(mutex);
   Entry& e = entry(op);
   e.forward_seconds += seconds;
+  e.forward_bytes += bytes;
   ++e.forward_calls;
 }
 
-void charge_backward(const char* op, double seconds) {
+void charge_backward(const char* op, double seconds, double bytes) {
   std::lock_guard<std::mutex> lock(mutex);
   Entry& e = entry(op);
   e.backward_seconds += seconds;
+  e.backward_bytes += bytes;
   ++e.backward_calls;
 }
 

@@ -19,6 +19,9 @@ struct Entry {
   std::string op;
   double forward_seconds = 0, backward_seconds = 0;
   int64_t forward_calls = 0, backward_calls = 0;
+  // The least memory traffic: every input and output (forward), every
+  // incoming and outgoing gradient (backward) read or written once.
+  double forward_bytes = 0, backward_bytes = 0;
 };
 
 void enable(bool on);
@@ -30,7 +33,7 @@ void reset();
 std::vector<Entry> entries();
 
 // Called by autograd (core/autograd.cpp).
-void charge_forward(const char* op);
-void charge_backward(const char* op, double seconds);
+void charge_forward(const char* op, double bytes);
+void charge_backward(const char* op, double seconds, double bytes);
 
 }  // namespace loom::profile
