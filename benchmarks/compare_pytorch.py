@@ -13,7 +13,9 @@ zero_grad, forward, cross-entropy over the next byte, backward, clip_grad_norm_(
 figure is the median step after two warm-up steps, and peak memory is the growth of the
 process's peak resident set over the steps (the same measure for both).
 
-Any torch works (Debian 12: apt-get install python3-torch, which is PyTorch 1.13 with OpenBLAS).
+Any torch works. Debian 12: `apt-get install python3-torch libopenblas0-openmp` (PyTorch 1.13;
+without an OpenBLAS package, Debian's torch falls back to the reference BLAS, 20-70x slower).
+The script prints which BLAS torch's libblas.so.3 resolves to.
 PyTorch's attention here is the plain materialised one (scores, mask, softmax, weights·V), which
 is what torch 1.13 has; newer torch's fused scaled_dot_product_attention is used when present.
 """
@@ -169,7 +171,10 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
     simd = " ".join(f for f in flags if f.startswith("avx512") or f in ("avx2", "fma"))
-    print(f"# {time.strftime('%Y-%m-%d')}, {cpu} ({simd}); torch {torch.__version__}; {os.cpu_count()} CPUs")
+    blas = os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3") if os.path.exists(
+        "/usr/lib/x86_64-linux-gnu/libblas.so.3") else "?"
+    print(f"# {time.strftime('%Y-%m-%d')}, {cpu} ({simd}); torch {torch.__version__}, BLAS {blas}; "
+          f"{os.cpu_count()} CPUs")
     head = f"{'case':8} {'thr':>3} | {'loom tok/s':>10} {'torch tok/s':>11} {'ratio':>6} | {'fwd loom':>9} {'fwd torch':>9} {'ratio':>6} | {'mem loom MB':>11} {'torch MB':>8} | {'% peak':>6}"
     print(head)
     print("-" * len(head))
