@@ -4,19 +4,23 @@
 //   loom generate  --checkpoint DIR --prompt TEXT [--max-tokens --temperature --top-k --top-p --min-p]
 //   loom eval      --checkpoint DIR --data PATH
 //   loom forward   --config C.json --weights W.safetensors --input in.npy --output out.npy [...]
+//   loom forward   --config C.json --weights W.safetensors --src S.npy --tgt T.npy --output out.npy
 //
 // `loom COMMAND --help` explains each. Errors are one line on stderr and a
 // non-zero exit code (2 for bad usage, 1 for everything else).
 #include <loom/loom.h>
+#include <loom/core/io.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
 #include <map>
+#include <new>
 #include <string>
 
 namespace {
@@ -36,8 +40,10 @@ const char* kTrainUsage =
     "\n"
     "Trains the causal TransformerWrapper the config describes (num_tokens >= 256: bytes) on the\n"
     "text in PATH (a file, or every text file in a folder; the last 10% is held out). Writes\n"
-    "DIR/checkpoint.safetensors (every --checkpoint-every steps, at the end, and on Ctrl-C),\n"
-    "DIR/metrics.jsonl and DIR/loss.svg.\n"
+    "DIR/checkpoint.safetensors (every --checkpoint-every steps, at the end, and on Ctrl-C or\n"
+    "SIGTERM: exit code 130 or 143), DIR/metrics.jsonl and DIR/loss.svg. A step whose loss or\n"
+    "gradient norm is inf or NaN stops the run (exit code 1) before it reaches the weights; a\n"
+    "failed write stops it too. Either way the files written before are kept as they were.\n"
     "\n"
     "  --steps N             optimizer steps (default 1000)\n"
     "  --batch-size N        sequences per step (16)\n"
@@ -53,7 +59,9 @@ const char* kTrainUsage =
     "  --checkpoint-every N  checkpoint period (200)\n"
     "  --log-every N         metrics period (10)\n"
     "  --seed N              seed for data order, dropout and the initial weights (0)\n"
-    "  --resume              continue from DIR/checkpoint.safetensors\n";
+    "  --resume              continue from DIR/checkpoint.safetensors (same config only)\n"
+    "  --skip-nonfinite      skip a step with an inf or NaN loss or gradient norm (no update,\n"
+    "                        logged) instead of stopping; 10 such steps in a row still stop\n";
 
 const char* kGenerateUsage =
     "usage: loom generate --checkpoint DIR --prompt TEXT [flags]\n"
@@ -74,14 +82,29 @@ const char* kEvalUsage =
     "(the same split `loom train` uses).\n";
 
 const char* kUsage =
-    "usage: loom forward --config C.json --weights W.safetensors --input in.npy --output out.npy\n"
-    "                    [--mask M.npy] [--context C.npy] [--context-mask CM.npy] [--attn-bias B.npy] [--pos P.npy]\n"
+    "usage: loom forward --config C.json --weights W.safetensors --input in.npy --output out.npy [inputs]\n"
+    "       loom forward --config C.json --weights W.safetensors --src S.npy --tgt T.npy --output out.npy\n"
+    "                    [--mask M.npy] [--attn-mask A.npy]                          (an XTransformer)\n"
     "\n"
     "Runs one forward pass of the model the config describes, in eval mode, with the weights\n"
-    "loaded by name, and writes the output (logits, or embeddings) as .npy. Inputs are NumPy\n"
-    ".npy files: int64 token ids (b, n) for a TransformerWrapper, float32 (b, n, dim_in) for a\n"
-    "ContinuousTransformerWrapper, float32 images (b, c, h, w) for a ViTransformerWrapper; bool masks\n"
-    "(True = attend); float32 context, bias, positions.\n";
+    "loaded by name, and writes the output (logits, embeddings or class logits) as .npy.\n"
+    "--weights is a safetensors file with x-transformers' parameter names, or a checkpoint of\n"
+    "`loom train` (its file or its run folder; then --config may be left out).\n"
+    "\n"
+    "--input: int64 token ids (b, n) for a TransformerWrapper, float32 (b, n, dim_in) for a\n"
+    "ContinuousTransformerWrapper, float32 images (b, c, h, w) for a ViTransformerWrapper. Optional\n"
+    "inputs, all .npy, as x-transformers names them (bool masks: True = attend):\n"
+    "  --mask M.npy          bool (b, n): real tokens (padding mask)\n"
+    "  --context C.npy       float32 (b, j, dim_context) for cross-attention, --context-mask bool (b, j)\n"
+    "  --attn-mask A.npy     bool (i, j), (h, i, j) or (b, h, i, j) for self-attention\n"
+    "  --attn-bias B.npy     float32, added to the self-attention logits, broadcast to (b, h, i, j)\n"
+    "  --pos P.npy           the wrapper's pos: int64 (n) or (b, n) positions of the absolute\n"
+    "                        embedding, or (TransformerWrapper) a float32 (b, n, emb_dim) position\n"
+    "                        embedding added in its place; never given to the layers\n"
+    "  --layer-pos P.npy     positions for the layers' ALiBi / rotary (x-transformers'\n"
+    "                        AttentionLayers.forward(pos=)): (n) or (b, n), per head (b, h, n) for ALiBi\n"
+    "XTransformer: --src int64 (b, n), --tgt int64 (b, m), --mask bool (b, n) for src, --attn-mask for\n"
+    "the encoder; the output is the decoder's logits (b, m, dec_num_tokens) for tgt given src.\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -133,24 +156,17 @@ double num_flag(const std::map<std::string, std::string>& f, const std::string& 
   } catch (...) {
     used = 0;
   }
-  if (used != it->second.size() || !(v >= min))
-    throw UsageError("--" + key + " must be a number >= " + std::to_string(min) + ", got '" + it->second + "'");
+  if (used != it->second.size() || !std::isfinite(v) || !(v >= min))
+    throw UsageError("--" + key + " must be a finite number >= " + (std::ostringstream() << min).str() + ", got '" +
+                     it->second + "'");
   return v;
-}
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in.good()) throw std::runtime_error("cannot open '" + path + "'");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 int train(int argc, char** argv) {
   auto f = parse_flags(argc, argv, 2,
                        {"config", "data", "out", "steps", "batch-size", "seq-len", "grad-accum", "lr", "min-lr", "warmup",
                         "weight-decay", "grad-clip", "eval-every", "eval-batches", "checkpoint-every", "log-every", "seed"},
-                       {"resume"});
+                       {"resume", "skip-nonfinite"});
   for (const char* required : {"config", "data", "out"})
     if (!f.count(required)) throw UsageError(std::string("--") + required + " is required");
   loom::TrainConfig tc;
@@ -169,7 +185,8 @@ int train(int argc, char** argv) {
   tc.log_every = int_flag(f, "log-every", tc.log_every, 1);
   tc.seed = uint64_t(int_flag(f, "seed", 0, 0));
   tc.out_dir = f["out"];
-  const std::string config_text = read_text_file(f["config"]);
+  tc.skip_nonfinite = f.count("skip-nonfinite") > 0;
+  const std::string config_text = loom::read_file(f["config"], "config");
   loom::manual_seed(tc.seed);  // the initial weights
   loom::LoadedModel model = loom::model_from_json(config_text, f["config"]);
   loom::TextCorpus corpus = loom::load_text_corpus(f["data"]);
@@ -181,7 +198,7 @@ int train(int argc, char** argv) {
               "memory %.1f MB; checkpoint in %s\n",
               static_cast<long long>(r.step), r.val_loss, r.val_loss / std::log(2.0), 1000 * r.seconds_per_step,
               double(r.peak_memory_bytes) / 1e6, tc.out_dir.c_str());
-  return r.interrupted ? 130 : 0;
+  return r.interrupted ? 128 + r.signal : 0;  // 130 for SIGINT, 143 for SIGTERM, as the shell reports
 }
 
 int generate(int argc, char** argv) {
@@ -222,35 +239,84 @@ int evaluate(int argc, char** argv) {
   return 0;
 }
 
+// The weights for `loom forward`: a safetensors file of the model's
+// state_dict (x-transformers' names), or a checkpoint written by `loom train`
+// (a file or its run folder), whose model.* tensors are the model's and whose
+// metadata holds the config.
+struct Weights {
+  loom::NamedTensorList tensors;
+  std::string config_text;  // from a training checkpoint; empty otherwise
+};
+
+Weights read_weights(const std::string& path_in) {
+  const bool folder = std::filesystem::is_directory(path_in);
+  const std::string path = folder ? path_in + "/checkpoint.safetensors" : path_in;
+  loom::SafetensorsFile f = loom::load_safetensors(path);
+  Weights w;
+  if (!(f.metadata.count("config") && f.metadata.count("step"))) {  // not a training checkpoint
+    if (folder) throw std::runtime_error("'" + path_in + "' is a folder but not a loom train run");
+    w.tensors = std::move(f.tensors);
+    return w;
+  }
+  w.config_text = f.metadata.at("config");
+  for (auto& [name, t] : f.tensors)  // model.* are the weights, optim.* the optimizer state
+    if (name.rfind("model.", 0) == 0) w.tensors.emplace_back(name.substr(6), t);
+  return w;
+}
+
 int forward(int argc, char** argv) {
   auto flags = parse_flags(argc, argv, 2,
-                           {"config", "weights", "input", "output", "mask", "context", "context-mask", "attn-bias", "pos"});
-  for (const char* required : {"config", "weights", "input", "output"})
+                           {"config", "weights", "input", "output", "mask", "context", "context-mask", "attn-mask",
+                            "attn-bias", "pos", "layer-pos", "src", "tgt"});
+  for (const char* required : {"weights", "output"})
     if (!flags.count(required)) throw UsageError(std::string("--") + required + " is required");
-  loom::LoadedModel model = loom::model_from_config_file(flags["config"]);
-  model.module().load_state_dict(loom::load_safetensors(flags["weights"]).tensors);
+  Weights weights = read_weights(flags["weights"]);
+  if (!flags.count("config") && weights.config_text.empty())
+    throw UsageError("--config is required (only a loom train checkpoint carries its own)");
+  loom::LoadedModel model = flags.count("config") ? loom::model_from_config_file(flags["config"])
+                                                  : loom::model_from_json(weights.config_text, flags["weights"] + " (config)");
+  model.module().load_state_dict(weights.tensors);
   model.module().eval();
-  loom::WrapperInputs in;
   auto optional = [&](const char* key) { return flags.count(key) ? loom::read_npy(flags[key]) : loom::Tensor(); };
-  in.mask = optional("mask");
-  in.context = optional("context");
-  in.context_mask = optional("context-mask");
-  in.attn_bias = optional("attn-bias");
-  in.pos = optional("pos");
+  // The flags a model does not take are usage errors, not silently dropped.
+  auto only = [&](const std::vector<std::string>& allowed, const std::string& what) {
+    for (const auto& [key, value] : flags)
+      if (key != "config" && key != "weights" && key != "output" &&
+          std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+        throw UsageError(what + " does not take --" + key);
+  };
   loom::NoGradGuard no_grad;
-  const loom::Tensor input = loom::read_npy(flags["input"]);
   loom::Tensor out;
-  if (model.transformer) {
-    out = model.transformer->forward(input, in);
-  } else if (model.continuous) {
-    out = model.continuous->forward(input, {.mask = in.mask, .pos = in.pos, .context = in.context,
-                                            .context_mask = in.context_mask, .attn_bias = in.attn_bias});
-  } else if (model.vit) {
-    if (in.mask.defined() || in.context.defined() || in.context_mask.defined() || in.attn_bias.defined() || in.pos.defined())
-      throw UsageError("a ViTransformerWrapper takes only --input (images)");
-    out = model.vit->forward(input);
+  if (model.xtransformer) {
+    // x-transformers' XTransformer(src, tgt, mask, attn_mask), as logits:
+    // decoder.net(tgt, context = encoder(src, mask, attn_mask), context_mask = mask).
+    only({"src", "tgt", "mask", "attn-mask"}, "an XTransformer (--src, --tgt)");
+    if (!flags.count("src") || !flags.count("tgt")) throw UsageError("an XTransformer needs --src and --tgt");
+    out = model.xtransformer->forward(loom::read_npy(flags["src"]), loom::read_npy(flags["tgt"]), optional("mask"),
+                                      optional("attn-mask"));
   } else {
-    throw std::runtime_error("an XTransformer has no single forward pass; use its encoder or decoder config");
+    if (!flags.count("input")) throw UsageError("--input is required");
+    const loom::Tensor input = loom::read_npy(flags["input"]);
+    if (model.transformer) {
+      only({"input", "mask", "context", "context-mask", "attn-mask", "attn-bias", "pos", "layer-pos"},
+           "a TransformerWrapper");
+      loom::WrapperInputs in;
+      in.mask = optional("mask"), in.context = optional("context"), in.context_mask = optional("context-mask");
+      in.attn_mask = optional("attn-mask"), in.attn_bias = optional("attn-bias");
+      in.pos = optional("pos"), in.layer_pos = optional("layer-pos");
+      out = model.transformer->forward(input, in);
+    } else if (model.continuous) {
+      only({"input", "mask", "context", "context-mask", "attn-mask", "attn-bias", "pos", "layer-pos"},
+           "a ContinuousTransformerWrapper");
+      loom::ContinuousInputs in;
+      in.mask = optional("mask"), in.context = optional("context"), in.context_mask = optional("context-mask");
+      in.attn_mask = optional("attn-mask"), in.attn_bias = optional("attn-bias");
+      in.pos = optional("pos"), in.layer_pos = optional("layer-pos");
+      out = model.continuous->forward(input, in);
+    } else {
+      only({"input"}, "a ViTransformerWrapper (images only)");
+      out = model.vit->forward(input);
+    }
   }
   loom::write_npy(flags["output"], out);
   return 0;
@@ -284,6 +350,9 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "loom %s: %s (try 'loom %s --help')\n", command.c_str(), e.what(), command.c_str());
     return 2;
+  } catch (const std::bad_alloc&) {  // loom's tensors say how much they wanted; this is anything else
+    std::fprintf(stderr, "loom %s: out of memory\n", command.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loom %s: %s\n", command.c_str(), e.what());
     return 1;

@@ -4,12 +4,12 @@
 // the raw data.
 #include <loom/core/npy.h>
 
-#include <cctype>
+#include <algorithm>
+#include <charconv>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 
 #include <loom/core/error.h>
+#include <loom/core/io.h>
 
 namespace loom {
 
@@ -17,8 +17,10 @@ namespace {
 // The text after `key': ` in the header dict, up to the next top-level ',' or '}'.
 std::string dict_value(const std::string& header, const std::string& key, const std::string& path) {
   const size_t at = header.find("'" + key + "'");
-  LOOM_CHECK(at != std::string::npos, "read_npy: '", path, "' header has no '", key, "': ", header);
-  size_t p = header.find(':', at) + 1;
+  LOOM_CHECK(at != std::string::npos, "read_npy: '", path, "' header has no '", key, "': ", header.substr(0, 200));
+  const size_t colon = header.find(':', at);
+  LOOM_CHECK(colon != std::string::npos, "read_npy: '", path, "' header has no value for '", key, "'");
+  size_t p = colon + 1;
   while (p < header.size() && header[p] == ' ') ++p;
   size_t end = p;
   int depth = 0;
@@ -30,12 +32,39 @@ std::string dict_value(const std::string& header, const std::string& key, const 
   }
   return header.substr(p, end - p);
 }
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(' '), e = s.find_last_not_of(' ');
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+// A Python tuple of sizes: "()", "(3,)", "(2, 3)".
+Shape parse_shape(const std::string& text, const std::string& path) {
+  auto bad = [&](const std::string& why) { fail("read_npy: '", path, "' has a malformed shape ", text, ": ", why); };
+  if (text.size() < 2 || text.front() != '(' || text.back() != ')') bad("not a tuple");
+  Shape shape;
+  std::string inner = text.substr(1, text.size() - 2);
+  for (size_t p = 0; p <= inner.size();) {
+    const size_t comma = std::min(inner.find(',', p), inner.size());
+    const std::string item = trim(inner.substr(p, comma - p));
+    p = comma + 1;
+    if (item.empty()) {
+      if (p > inner.size() && (!shape.empty() || trim(inner).empty())) break;  // "(3,)" and "()"
+      bad("an empty size");
+    }
+    if (item[0] == '-') bad("negative size " + item);
+    int64_t v = 0;
+    const auto [end, err] = std::from_chars(item.data(), item.data() + item.size(), v);
+    if (err == std::errc::result_out_of_range) bad("size " + item + " does not fit in int64");
+    if (err != std::errc() || end != item.data() + item.size()) bad("'" + item + "' is not a size");
+    shape.push_back(v);
+  }
+  return shape;
+}
 }  // namespace
 
 Tensor read_npy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  LOOM_CHECK(in.good(), "read_npy: cannot open '", path, "'");
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string bytes = read_file(path, "read_npy");
   LOOM_CHECK(bytes.size() >= 10 && bytes.compare(0, 6, "\x93NUMPY") == 0, "read_npy: '", path, "' is not a .npy file");
   const int major = uint8_t(bytes[6]);
   LOOM_CHECK(major >= 1 && major <= 3, "read_npy: '", path, "' has unknown format version ", major);
@@ -48,23 +77,12 @@ Tensor read_npy(const std::string& path) {
   const std::string header = bytes.substr(8 + len_bytes, hlen);
 
   std::string descr = dict_value(header, "descr", path);
-  LOOM_CHECK(descr.size() >= 2, "read_npy: '", path, "' has a malformed descr");
+  LOOM_CHECK(descr.size() >= 2 && descr.front() == '\'' && descr.back() == '\'', "read_npy: '", path,
+             "' has a malformed descr ", descr);
   descr = descr.substr(1, descr.size() - 2);  // strip the quotes
   LOOM_CHECK(dict_value(header, "fortran_order", path) == "False", "read_npy: '", path,
              "' is in Fortran order; save it C-ordered (np.ascontiguousarray)");
-  const std::string shape_text = dict_value(header, "shape", path);
-  Shape shape;
-  for (size_t p = 0; p < shape_text.size();) {
-    if (std::isdigit(uint8_t(shape_text[p]))) {
-      size_t used = 0;
-      shape.push_back(std::stoll(shape_text.substr(p), &used));
-      p += used;
-    } else {
-      ++p;
-    }
-  }
-  int64_t count = 1;
-  for (int64_t s : shape) count *= s;
+  const Shape shape = parse_shape(dict_value(header, "shape", path), path);
   size_t esize = 0;
   DType dtype = kFloat32;
   if (descr == "<f4") esize = 4;
@@ -73,9 +91,22 @@ Tensor read_npy(const std::string& path) {
   else if (descr == "<i4") esize = 4, dtype = kInt64;
   else if (descr == "|b1") esize = 1, dtype = kBool;
   else fail("read_npy: '", path, "' has dtype '", descr, "'; loom reads <f4, <f8, <i8, <i4 and |b1");
-  LOOM_CHECK(bytes.size() - start == size_t(count) * esize, "read_npy: '", path, "' should hold ", size_t(count) * esize,
-             " bytes of data for shape ", shape, " and dtype ", descr, ", it has ", bytes.size() - start);
-  Tensor t = empty(shape, dtype);
+  // The sizes are checked against the bytes the file holds, with overflow-checked products.
+  int64_t count = 1;
+  size_t nbytes = 0;
+  for (int64_t d : shape)
+    LOOM_CHECK(!__builtin_mul_overflow(count, d, &count), "read_npy: '", path, "' declares shape ", shape,
+               ", more than 2^63 elements");
+  LOOM_CHECK(!__builtin_mul_overflow(size_t(count), esize, &nbytes), "read_npy: '", path, "' declares shape ", shape,
+             " of dtype ", descr, ", more than 2^64 bytes");
+  LOOM_CHECK(nbytes == bytes.size() - start, "read_npy: '", path, "' should hold ", nbytes, " bytes of data for shape ",
+             shape, " and dtype ", descr, ", it has ", bytes.size() - start);
+  Tensor t;
+  try {
+    t = empty(shape, dtype);
+  } catch (const Error& e) {  // a zero size beside huge ones: no data, but strides that overflow
+    fail("read_npy: '", path, "': ", e.what());
+  }
   const char* src = bytes.data() + start;
   if (descr == "<f8") {
     float* dst = t.data_ptr<float>();
@@ -92,7 +123,11 @@ Tensor read_npy(const std::string& path) {
       dst[e] = v;
     }
   } else if (count > 0) {
-    std::memcpy(t.raw_data(), src, size_t(count) * esize);
+    if (dtype == kBool)  // any other byte is not a bool (undefined behaviour to read as one)
+      for (int64_t e = 0; e < count; ++e)
+        LOOM_CHECK(uint8_t(src[e]) <= 1, "read_npy: '", path, "': bool element ", e, " holds byte ", int(uint8_t(src[e])),
+                   " (only 0 and 1 are valid)");
+    std::memcpy(t.raw_data(), src, nbytes);
   }
   return t;
 }
@@ -110,14 +145,13 @@ void write_npy(const std::string& path, const Tensor& t) {
   header.append(64 - (10 + header.size() + 1) % 64, ' ');
   header += '\n';
   Tensor c = t.contiguous();
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  LOOM_CHECK(out.good(), "write_npy: cannot open '", path, "' for writing");
+  AtomicFile out(path, "write_npy");
   out.write("\x93NUMPY\x01\x00", 8);
   const char len[2] = {char(header.size() & 0xff), char(header.size() >> 8)};
   out.write(len, 2);
-  out << header;
-  out.write(static_cast<const char*>(c.raw_data()), std::streamsize(size_t(c.numel()) * element_size(c.dtype())));
-  LOOM_CHECK(out.good(), "write_npy: writing '", path, "' failed");
+  out.write(header);
+  out.write(c.raw_data(), size_t(c.numel()) * element_size(c.dtype()));
+  out.commit();
 }
 
 }  // namespace loom

@@ -4,10 +4,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include <loom/core/error.h>
+#include <loom/core/io.h>
+#include <loom/core/json.h>
 
 namespace loom {
 
@@ -52,48 +53,29 @@ void save_safetensors(const std::string& path, const NamedTensorList& tensors,
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    LOOM_CHECK(out.good(), "save_safetensors: cannot open '", tmp, "' for writing");
-    const uint64_t n = text.size();
-    unsigned char len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-    out.write(reinterpret_cast<const char*>(len), 8);
-    out.write(text.data(), std::streamsize(text.size()));
-    for (const Tensor& c : data)
-      out.write(static_cast<const char*>(c.raw_data()), std::streamsize(size_t(c.numel()) * element_size(c.dtype())));
-    out.flush();
-    LOOM_CHECK(out.good(), "save_safetensors: writing '", tmp, "' failed");
-  }
-  LOOM_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "save_safetensors: cannot rename '", tmp, "' to '", path, "'");
+  AtomicFile out(path, "save_safetensors");  // a crash or a full disk leaves the previous file as it was
+  const uint64_t n = text.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+  out.write(len, 8);
+  out.write(text);
+  for (const Tensor& c : data) out.write(c.raw_data(), size_t(c.numel()) * element_size(c.dtype()));
+  out.commit();
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  LOOM_CHECK(in.good(), "load_safetensors: cannot open '", path, "'");
-  const uint64_t file_size = uint64_t(in.tellg());
-  in.seekg(0);
+  const std::string bytes = read_file(path, "load_safetensors");
+  const uint64_t file_size = bytes.size();
   LOOM_CHECK(file_size >= 8, "load_safetensors: '", path, "' is too short (", file_size, " bytes) to be a safetensors file");
-  unsigned char len[8];
-  in.read(reinterpret_cast<char*>(len), 8);
   uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = n << 8 | len[i];
+  for (int i = 7; i >= 0; --i) n = n << 8 | uint8_t(bytes[size_t(i)]);
   LOOM_CHECK(n <= file_size - 8, "load_safetensors: '", path, "' declares a ", n, "-byte header but has only ",
              file_size - 8, " bytes after the length (truncated or not safetensors)");
-  std::string text(n, '\0');
-  in.read(text.data(), std::streamsize(n));
-  nlohmann::ordered_json header;
-  try {
-    header = nlohmann::ordered_json::parse(text);
-  } catch (const std::exception& e) {
-    fail("load_safetensors: '", path, "' has a malformed header: ", e.what());
-  }
+  const auto header =
+      parse_json<nlohmann::ordered_json>(bytes.substr(8, n), "load_safetensors: '" + path + "' has a malformed header");
   LOOM_CHECK(header.is_object(), "load_safetensors: '", path, "' header is not a JSON object");
+  const char* data = bytes.data() + 8 + n;
   const uint64_t data_size = file_size - 8 - n;
-  std::vector<char> buffer(data_size);
-  in.read(buffer.data(), std::streamsize(data_size));
-  LOOM_CHECK(in.good() || data_size == 0, "load_safetensors: reading '", path, "' failed");
 
   SafetensorsFile file;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
@@ -112,13 +94,14 @@ SafetensorsFile load_safetensors(const std::string& path) {
     if (!entry["dtype"].is_string() || !entry["shape"].is_array() || !entry["data_offsets"].is_array() ||
         entry["data_offsets"].size() != 2)
       bad("has a malformed entry");
+    // Sizes with overflow-checked products; the data_offsets below cap the total by what the file holds.
     Shape shape;
     uint64_t count = 1;
     for (const auto& d : entry["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("has a negative or non-integer size");
+      if (!d.is_number_unsigned()) bad("has a negative or non-integer size");
+      if (d.get<uint64_t>() > uint64_t(INT64_MAX)) bad("has a size that does not fit in int64");
       shape.push_back(d.get<int64_t>());
-      if (shape.back() > 0 && count > (uint64_t(1) << 48) / uint64_t(shape.back())) bad("is too large");
-      count *= uint64_t(shape.back());
+      if (__builtin_mul_overflow(count, d.get<uint64_t>(), &count)) bad("has more elements than fit in 64 bits");
     }
     const auto& off = entry["data_offsets"];
     if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned()) bad("has non-integer data_offsets");
@@ -136,12 +119,19 @@ SafetensorsFile load_safetensors(const std::string& path) {
     else if (dt == "F16") esize = 2;
     else if (dt == "F64") esize = 8;
     else bad("has dtype " + dt + ", which loom does not read (F32, F16, F64, BF16, I64, BOOL)");
-    if (count * esize != end - begin)
+    uint64_t nbytes = 0;
+    if (__builtin_mul_overflow(count, uint64_t(esize), &nbytes)) bad("needs more than 2^64 bytes");
+    if (nbytes != end - begin)
       fail("load_safetensors: '", path, "': tensor '", name, "' of shape ", shape, " and dtype ", dt, " needs ",
-           count * esize, " bytes, its data_offsets give ", end - begin);
+           nbytes, " bytes, its data_offsets give ", end - begin);
     ranges.emplace_back(begin, end);
-    const char* src = buffer.data() + begin;
-    Tensor t = empty(shape, dtype);
+    const char* src = data + begin;
+    Tensor t;
+    try {
+      t = empty(shape, dtype);
+    } catch (const Error& e) {  // a zero size beside huge ones: no data, but strides that overflow
+      bad(std::string("cannot be made: ") + e.what());
+    }
     if (dt == "F16" || dt == "F64") {
       float* dst = t.data_ptr<float>();
       for (uint64_t e = 0; e < count; ++e) {

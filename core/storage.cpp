@@ -1,10 +1,14 @@
 #include <loom/core/storage.h>
 
+#include <sys/sysinfo.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <new>
+
+#include <loom/core/error.h>
 
 namespace loom {
 
@@ -47,7 +51,17 @@ bool give_back(void* p, size_t capacity) {
   return true;
 }
 
-std::atomic<int64_t> live_bytes{0}, peak_bytes{0};
+std::atomic<int64_t> live_bytes{0}, peak_bytes{0}, limit_bytes{0};
+
+// Total RAM plus swap.
+size_t machine_bytes() {
+  static const size_t bytes = [] {
+    struct sysinfo info;
+    if (sysinfo(&info) != 0) return SIZE_MAX;
+    return size_t(info.totalram + info.totalswap) * info.mem_unit;
+  }();
+  return bytes;
+}
 
 void count_allocation(int64_t bytes) {
   int64_t now = live_bytes += bytes;
@@ -61,15 +75,28 @@ void count_allocation(int64_t bytes) {
 int64_t memory_allocated() { return live_bytes.load(); }
 int64_t max_memory_allocated() { return peak_bytes.load(); }
 void reset_peak_memory_stats() { peak_bytes.store(live_bytes.load()); }
+void set_memory_limit(int64_t bytes) { limit_bytes.store(bytes); }
 
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
+  const int64_t limit = limit_bytes.load();
+  // More than the machine's RAM and swap can never succeed: refused before
+  // asking malloc (which may say yes and leave the OOM killer to answer).
+  LOOM_CHECK(nbytes <= machine_bytes(), "out of memory: a tensor of ", nbytes,
+             " bytes is more than this machine's memory (", machine_bytes(), " bytes of RAM and swap)");
+  LOOM_CHECK(limit <= 0 || live_bytes.load() + int64_t(nbytes) <= limit, "out of memory: a tensor of ", nbytes,
+             " bytes would exceed the memory limit of ", limit, " bytes (", live_bytes.load(), " in use)");
   // aligned_alloc wants a size that is a multiple of the alignment; never 0.
   size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   if (rounded == 0) rounded = kAlignment;
   capacity_ = rounded;
   if (rounded >= kCacheMinBlock) data_ = take_cached(rounded, capacity_);
   if (!data_) data_ = std::aligned_alloc(kAlignment, rounded);
-  if (!data_) throw std::bad_alloc();
+  if (!data_) {  // the cached blocks may be what is missing
+    empty_cache();
+    data_ = std::aligned_alloc(kAlignment, rounded);
+  }
+  LOOM_CHECK(data_ != nullptr, "out of memory: cannot allocate a tensor of ", nbytes, " bytes (",
+             double(nbytes) / 1e9, " GB)");
   count_allocation(int64_t(nbytes_));
 }
 

@@ -40,4 +40,10 @@ int64_t memory_allocated();
 int64_t max_memory_allocated();
 void reset_peak_memory_stats();
 
+// A cap on memory_allocated(): an allocation that would go above it throws
+// loom::Error instead of running the machine out of memory (0, the
+// default: no cap). The fuzz targets (tests/fuzz/) run under one, so a
+// config declaring a huge model fails fast.
+void set_memory_limit(int64_t bytes);
+
 }  // namespace loom

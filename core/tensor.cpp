@@ -13,16 +13,22 @@ namespace loom {
 // ---- helpers ------------------------------------------------------------------
 int64_t numel_of(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t s : shape) n *= s;
+  for (int64_t s : shape)
+    if (__builtin_mul_overflow(n, s, &n)) fail("shape ", shape, " has more than 2^63 elements");
   return n;
 }
 
+// The strides step over sizes of at least 1, so a shape with a zero size can
+// still overflow them ([0, 2^62, 2^62]). The kernels use strides in bytes (up
+// to 8 per element), so the span is capped at 2^63 / 8 elements.
 Shape contiguous_strides(const Shape& shape) {
+  constexpr int64_t kMaxSpan = INT64_MAX / 8;
   Shape strides(shape.size());
   int64_t s = 1;
   for (int64_t d = int64_t(shape.size()) - 1; d >= 0; --d) {
     strides[d] = s;
-    s *= std::max<int64_t>(shape[d], 1);
+    if (__builtin_mul_overflow(s, std::max<int64_t>(shape[d], 1), &s) || s > kMaxSpan)
+      fail("shape ", shape, " is too large: its strides overflow int64");
   }
   return strides;
 }
@@ -208,8 +214,10 @@ const Tensor& Tensor::zero_() const { return fill_(0.0); }
 Tensor empty(Shape shape, TensorOptions options) {
   for (int64_t s : shape) LOOM_CHECK(s >= 0, "empty: negative dimension in shape ", shape);
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(size_t(numel_of(shape)) * element_size(options.dtype_));
+  // contiguous_strides first: it refuses sizes whose strides (in bytes) overflow,
+  // so the byte count below cannot.
   impl->strides = contiguous_strides(shape);
+  impl->storage = std::make_shared<Storage>(size_t(numel_of(shape)) * element_size(options.dtype_));
   impl->shape = std::move(shape);
   impl->dtype = options.dtype_;
   Tensor t(std::move(impl));

@@ -11,10 +11,11 @@
 // and the program reports each one's held-out mean squared error.
 #include <loom/loom.h>
 
+#include "flags.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 
 using namespace loom;
 
@@ -83,9 +84,14 @@ double run(const char* name, bool cross_self, bool cross_separate, int64_t steps
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t steps = 600;
-  for (int i = 1; i + 1 < argc; i += 2)
-    if (!std::strcmp(argv[i], "--steps")) steps = std::atoll(argv[i + 1]);
+  loom_example::Flags flags(argc, argv,
+                            "usage: loom-aligned-cross-attention [--steps N]\n\n"
+                            "Trains a causal decoder that cross-attends to an aligned source three times, with\n"
+                            "no cross position bias, the self-attention's causal T5 bias, and a separate\n"
+                            "bidirectional one, and reports each run's held-out mean squared error.\n\n"
+                            "  --steps N  AdamW steps per run (600)\n");
+  const int64_t steps = flags.integer("steps", 600, 1);
+  flags.done();
   try {
     Generator g(5);
     std::vector<float> value = randn({kVocab}, g).to_vector<float>();  // each token's "pitch"

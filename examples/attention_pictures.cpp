@@ -6,6 +6,8 @@
 // so its shape shows); masked-out entries are black.
 #include <loom/loom.h>
 
+#include "flags.h"
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -60,11 +62,13 @@ Tensor mask_panel(const Tensor& mask) { return panel(where(mask, ones(mask.sizes
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: loom-attention-pictures OUT_DIR\n");
-    return 2;
-  }
-  const std::string dir = argv[1];
+  loom_example::Flags flags(argc, argv,
+                            "usage: loom-attention-pictures OUT_DIR\n\n"
+                            "Renders the attention pictures of docs/attention.md (PNG files) into OUT_DIR,\n"
+                            "which it creates if needed.\n");
+  flags.done(1);
+  if (flags.positional().size() != 1) flags.fail("OUT_DIR is required");
+  const std::string dir = flags.positional()[0];
   try {
     std::filesystem::create_directories(dir);
     Generator g(2024);

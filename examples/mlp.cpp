@@ -6,13 +6,20 @@
 // Everything here is the public API: tensors, autograd, NoGradGuard.
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <vector>
 
 #include <loom/loom.h>
 
+#include "flags.h"
+
 int main(int argc, char** argv) {
-  const int steps = argc > 1 ? std::atoi(argv[1]) : 2000;
+  loom_example::Flags flags(argc, argv,
+                            "usage: loom-mlp [STEPS]\n\n"
+                            "A 2-layer MLP learns y = x1 * x2 with plain SGD and prints its loss falling;\n"
+                            "exits 1 if it did not fall.\n\n"
+                            "  STEPS  SGD steps (2000)\n");
+  const int steps = int(flags.integer_at(0, "STEPS", 2000, 1));
+  flags.done(1);
   const int64_t n = 256, hidden = 32;
   const float lr = 0.1f;
   loom::manual_seed(0);

@@ -4,12 +4,13 @@
 // after each epoch.
 #include <loom/loom.h>
 
+#include "flags.h"
+
 #include <zlib.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <string>
 
 using namespace loom;
@@ -71,12 +72,15 @@ double accuracy(ViTransformerWrapper& model, const Split& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t epochs = 8;
-  double minutes = 10;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--epochs")) epochs = std::atoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--minutes")) minutes = std::atof(argv[i + 1]);
-  }
+  loom_example::Flags flags(argc, argv,
+                            "usage: loom-vit-fashion-mnist [--epochs N] [--minutes M]\n\n"
+                            "Trains a small vision transformer on Fashion-MNIST (Debian's dataset-fashion-mnist)\n"
+                            "and reports the train loss and test accuracy after each epoch.\n\n"
+                            "  --epochs N   passes over the 60000 training images (8)\n"
+                            "  --minutes M  stop early after M minutes, mid-epoch if need be (10)\n");
+  const int64_t epochs = flags.integer("epochs", 8, 1);
+  const double minutes = flags.number("minutes", 10, 0);
+  flags.done();
   try {
     Split train = load("train"), test = load("t10k");
     std::printf("Fashion-MNIST: %lld training and %lld test images\n", static_cast<long long>(train.labels.size(0)),
@@ -103,7 +107,8 @@ int main(int argc, char** argv) {
       for (size_t i = 0; i < order.size(); ++i) order[i] = int64_t(i);
       std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[size_t(a)] < keys[size_t(b)]; });
       double loss_sum = 0;
-      for (int64_t b = 0; b < per_epoch && elapsed() < minutes * 60; ++b, ++step) {
+      int64_t batches = 0;  // run in this epoch: fewer than per_epoch when --minutes runs out
+      for (int64_t b = 0; b < per_epoch && elapsed() < minutes * 60; ++b, ++step, ++batches) {
         Tensor idx = from_vector(std::vector<int64_t>(order.begin() + b * batch, order.begin() + (b + 1) * batch), {batch});
         Tensor x = index_select(train.images, 0, idx), y = index_select(train.labels, 0, idx);
         opt.set_lr(schedule.at(step));
@@ -116,7 +121,7 @@ int main(int argc, char** argv) {
       }
       acc = accuracy(model, test);
       std::printf("epoch %lld  train loss %.4f  test accuracy %.2f%%  (%.0f s)\n", static_cast<long long>(epoch),
-                  loss_sum / double(per_epoch), 100 * acc, elapsed());
+                  loss_sum / double(std::max<int64_t>(batches, 1)), 100 * acc, elapsed());
       std::fflush(stdout);
     }
     std::printf("final test accuracy %.2f%% after %.1f minutes\n", 100 * acc, elapsed() / 60);

@@ -29,13 +29,18 @@ Tensor ContinuousTransformerWrapper::forward(const Tensor& x_in, const Continuou
              "ContinuousTransformerWrapper: expects float32 x (b, n, ", want, "), got ", x_in.sizes());
   const int64_t b = x_in.size(0), n = x_in.size(1);
   Tensor x = project_in ? project_in->forward(x_in) : x_in;
+  // x-transformers drops a pos it has no embedding for; loom says so.
+  LOOM_CHECK(!in.pos.defined() || abs_pos_emb || sinu_pos_emb,
+             "ContinuousTransformerWrapper: pos indexes the absolute position embedding, which this model does not "
+             "have; positions for ALiBi or rotary go in layer_pos");
   if (abs_pos_emb) x = x + abs_pos_emb->forward(x, in.pos);
   if (sinu_pos_emb) x = x + sinu_pos_emb->forward(x, in.pos);
   if (post_emb_norm) x = post_emb_norm->forward(x);
   nn::LayersInputs li;
   li.mask = in.mask, li.context = in.context, li.context_mask = in.context_mask;
   li.attn_mask = in.attn_mask, li.attn_bias = in.attn_bias;
-  if (!abs_pos_emb && !sinu_pos_emb) li.pos = in.pos;
+  li.pos = in.layer_pos;
+  li.condition = in.condition, li.prefix_attn_len = in.prefix_attn_len;
   const int64_t m = config.num_memory_tokens;
   if (m > 0) {
     x = cat({memory_tokens.unsqueeze(0).expand({b, -1, -1}), x}, 1);

@@ -23,8 +23,10 @@ struct ContinuousTransformerWrapperConfig {
 
 struct ContinuousInputs {
   Tensor mask;  // (b, n) bool
-  Tensor pos;
+  Tensor pos;        // int64 (n) or (b, n): positions for the absolute embedding (x-transformers' `pos`)
+  Tensor layer_pos;  // positions for the layers' ALiBi / rotary (AttentionLayers.forward(pos=)); see WrapperInputs
   Tensor context, context_mask, attn_mask, attn_bias;
+  Tensor condition, prefix_attn_len;  // for adaptive norms / a PrefixDecoder, as TransformerWrapper's
   bool return_embeddings = false;
 };
 

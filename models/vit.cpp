@@ -50,8 +50,9 @@ Tensor ViTransformerWrapper::forward(const Tensor& img, bool return_embeddings) 
   if (c.num_register_tokens > 0) x = cat({x, register_tokens.unsqueeze(0).expand({b, -1, -1})}, 1);  // after the patches
   x = attn_layers->forward(x);
   if (c.num_register_tokens > 0) x = x.narrow(1, 0, n);
-  if (!mlp_head || return_embeddings) return x;
-  return mlp_head->forward(mean(x, {1}));
+  if (return_embeddings) return x;
+  Tensor pooled = mean(x, {1});  // over the patches (registers removed)
+  return mlp_head ? mlp_head->forward(pooled) : pooled;
 }
 
 }  // namespace loom

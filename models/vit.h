@@ -2,7 +2,7 @@
 // (models/vit.cpp):
 //   img (b, c, H, W) -> patches (b, (H/p)(W/p), p·p·c) -> LayerNorm -> Linear -> LayerNorm
 //   -> + pos_embedding -> [post_emb_norm] -> dropout -> [register tokens] -> Encoder
-//   -> mean over patches -> mlp_head
+//   -> mean over patches -> [mlp_head]
 #pragma once
 
 #include <loom/nn/transformer.h>
@@ -14,7 +14,7 @@ struct ViTransformerWrapperConfig {
   int64_t patch_size = 0;
   std::shared_ptr<nn::AttentionLayers> attn_layers;  // an Encoder
   int64_t channels = 3;
-  int64_t num_classes = 0;  // 0: no mlp_head, forward returns the embeddings
+  int64_t num_classes = 0;  // 0: no mlp_head (x-transformers' Identity), forward returns the pooled (b, dim)
   bool post_emb_norm = false;
   int64_t num_register_tokens = 0;
   double emb_dropout = 0.0;
@@ -24,7 +24,8 @@ class ViTransformerWrapper : public nn::Module {
  public:
   explicit ViTransformerWrapper(const ViTransformerWrapperConfig& config);
   // img: float32 (b, channels, image_size, image_size) -> logits (b, num_classes),
-  // or the patch embeddings (b, patches, dim) with return_embeddings.
+  // the mean-pooled embedding (b, dim) without num_classes, or the patch
+  // embeddings (b, patches, dim) with return_embeddings.
   Tensor forward(const Tensor& img, bool return_embeddings = false) const;
 
   // (b, c, H, W) -> (b, (H/p)(W/p), p·p·c), x-transformers' patch layout.

@@ -1,19 +1,95 @@
 #include <loom/nn/attention.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include <loom/core/autograd.h>
 #include <loom/core/error.h>
 #include <loom/ops/ops.h>
 
 namespace loom::nn {
 
 namespace {
+// x-transformers masks with the most negative finite float, not -inf.
+constexpr double kMaxNeg = -3.4028234663852886e38;
+
 // F.normalize along the last dim: x / max(‖x‖, 1e-12).
 Tensor l2norm(const Tensor& x) { return x / clamp(sqrt(sum(x * x, {-1}, true)), 1e-12); }
 
 // (b, n, h·d) -> (b, h, n, d)
 Tensor split_heads(const Tensor& t, int64_t heads) {
   return t.reshape({t.size(0), t.size(1), heads, t.size(2) / heads}).transpose(1, 2);
+}
+
+// nn.Conv2d(heads, heads, 1, bias = False) on (b, h, i, j): out[:, g] = Σ_h W[g, h] t[:, h].
+Tensor mix_heads(const Tensor& w, const Tensor& t) {
+  const int64_t b = t.size(0), h = t.size(1), i = t.size(2), j = t.size(3);
+  return matmul(w.view({h, h}), t.reshape({b, h, i * j})).view({b, h, i, j});
+}
+
+// Selective attention on materialised logits s (b, h, i, j), already masked:
+// head 0's positive logits, except the first key and each query's own, are
+// summed over the earlier queries and subtracted from every head.
+Tensor selective_logits(const Tensor& s) {
+  const int64_t i = s.size(2), j = s.size(3), offset = j - i;
+  Tensor col = arange(j).view({1, j}), row = arange(i).view({i, 1});
+  Tensor excluded = logical_or(le(col, scalar_tensor(double(offset), kInt64)), eq(col, row + offset));
+  Tensor gate = masked_fill(relu(s.select(1, 0)), excluded, 0.0);  // (b, i, j)
+  Tensor earlier = cumsum(gate, 1) - gate;                           // Σ over rows before each row
+  return s - earlier.unsqueeze(1);
+}
+
+// The k-th largest value of each row of t (..., j), as (..., 1); no gradient
+// (it only decides which logits are kept).
+Tensor kth_largest(const Tensor& t, int64_t k) {
+  NoGradGuard no_grad;
+  const int64_t j = t.size(-1), rows = t.numel() / j;
+  std::vector<float> v = t.contiguous().to_vector<float>();
+  std::vector<float> out(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    auto first = v.begin() + r * j;
+    std::nth_element(first, first + (k - 1), first + j, std::greater<float>());
+    out[size_t(r)] = first[k - 1];
+  }
+  Shape shape = t.sizes();
+  shape.back() = 1;
+  return from_vector(out, shape);
+}
+
+// x-transformers' sparse_topk_attn: a softmax over the logits >= the row's
+// k-th largest (masked ones never count); with straight_through the forward
+// is those weights and the gradient is the full softmax's.
+Tensor topk_softmax(const Tensor& s, int64_t k, bool straight_through) {
+  k = std::min(k, s.size(-1));  // x-transformers' topk would fail on a row shorter than k
+  Tensor keep = logical_and(ge(s, kth_largest(s, k)), gt(s, scalar_tensor(kMaxNeg)));
+  Tensor a = softmax(masked_fill(s, logical_not(keep), kMaxNeg), -1);
+  if (!straight_through) return a;
+  Tensor soft = softmax(s, -1);
+  return a.detach() + (soft - soft.detach());
+}
+
+// A 1×1 convolution across heads, nn.Conv2d's weight (heads, heads, 1, 1),
+// dirac-initialised (the identity), as x-transformers' talking heads.
+struct HeadConv : Module {
+  explicit HeadConv(int64_t heads) {
+    std::vector<float> eye(size_t(heads * heads), 0.0f);
+    for (int64_t h = 0; h < heads; ++h) eye[size_t(h * heads + h)] = 1.0f;
+    weight = register_parameter("weight", from_vector(eye, {heads, heads, 1, 1}));
+  }
+  Tensor weight;
+};
+
+// x-transformers' Attend: here only the home of the talking-heads weights.
+struct Attend : Module {
+  Tensor add(const char* name, int64_t heads) { return register_module(name, std::make_shared<HeadConv>(heads))->weight; }
+};
+
+// A holder that gives a Linear the name x-transformers' nn.Sequential gives
+// it (`to_out.0`, `to_value_residual_mix.0`).
+std::shared_ptr<ModuleList> sequential(std::shared_ptr<Linear> first) {
+  auto seq = std::make_shared<ModuleList>();
+  seq->append(std::move(first));
+  return seq;
 }
 }  // namespace
 
@@ -31,6 +107,13 @@ Attention::Attention(const AttentionConfig& c) : config(c) {
   LOOM_CHECK(!o.selective || o.causal, "Attention: selective attention needs causal = true");
   LOOM_CHECK(o.dropout >= 0 && o.dropout < 1, "Attention: dropout must be in [0, 1), got ", o.dropout);
   LOOM_CHECK(o.num_mem_kv >= 0, "Attention: num_mem_kv must be >= 0, got ", o.num_mem_kv);
+  LOOM_CHECK(o.sparse_topk >= 0, "Attention: sparse_topk must be >= 0, got ", o.sparse_topk);
+  LOOM_CHECK(!o.softclamp_logits || o.logit_softclamp_value > 0, "Attention: logit_softclamp_value must be positive, got ",
+             o.logit_softclamp_value);
+  // The learned mix is per query head; x-transformers' lerp needs the values
+  // to have as many heads.
+  LOOM_CHECK(!o.learned_value_residual_mix || o.kv_heads == o.heads,
+             "Attention: a learned value residual mix needs kv_heads == heads, got ", o.kv_heads, " and ", o.heads);
 
   const int64_t out_dim = o.value_dim_head * o.heads;
   to_q = register_module("to_q", std::make_shared<Linear>(o.dim, o.dim_head * o.heads, false));
@@ -41,23 +124,95 @@ Attention::Attention(const AttentionConfig& c) : config(c) {
     to_v_gate->weight.detach().fill_(0.0);
     to_v_gate->bias.detach().fill_(10.0);
   }
+  if (o.gate_value_heads) {  // the same, one gate per head
+    to_v_head_gate = register_module("to_v_head_gate", std::make_shared<Linear>(o.dim, o.heads, true));
+    to_v_head_gate->weight.detach().fill_(0.0);
+    to_v_head_gate->bias.detach().fill_(10.0);
+  }
   if (o.qk_norm && o.qk_norm_dim_scale) {
     qk_norm_q_scale = register_parameter("qk_norm_q_scale", ones({o.heads, 1, o.dim_head}));
     qk_norm_k_scale = register_parameter("qk_norm_k_scale", ones({o.kv_heads, 1, o.dim_head}));
   }
+  if (o.pre_talking_heads || o.post_talking_heads || o.pre_scale_post_talking_heads) {
+    auto attend = register_module("attend", std::make_shared<Attend>());
+    if (o.pre_talking_heads) pre_softmax_talking_heads = attend->add("pre_softmax_talking_heads", o.heads);
+    if (o.post_talking_heads) post_softmax_talking_heads = attend->add("post_softmax_talking_heads", o.heads);
+    if (o.pre_scale_post_talking_heads) pre_scale_post_talking_heads = attend->add("pre_scale_post_talking_heads", o.heads);
+  }
+  if (o.head_scale) head_scale_params = register_parameter("head_scale_params", ones({1, o.heads, 1, 1}));
   if (o.num_mem_kv > 0) {
     mem_k = register_parameter("mem_k", randn({o.kv_heads, o.num_mem_kv, o.dim_head}));
     mem_v = register_parameter("mem_v", randn({o.kv_heads, o.num_mem_kv, o.value_dim_head}));
   }
-  to_out = register_module("to_out", std::make_shared<Linear>(out_dim, o.dim_out, false));
+  if (o.learned_value_residual_mix) {
+    to_value_residual_mix = std::make_shared<Linear>(o.dim, o.heads, true);
+    register_module("to_value_residual_mix", sequential(to_value_residual_mix));
+  }
+  if (o.on_attn) {  // Sequential(Linear(out_dim, 2 dim_out), GLU)
+    to_out = std::make_shared<Linear>(out_dim, 2 * o.dim_out, false);
+    register_module("to_out", sequential(to_out));
+  } else {
+    to_out = register_module("to_out", std::make_shared<Linear>(out_dim, o.dim_out, false));
+  }
   if (o.zero_init_output) to_out->weight.detach().fill_(0.0);
+}
+
+bool Attention::materialises() const {
+  const AttentionConfig& o = config;
+  return o.pre_talking_heads || o.post_talking_heads || o.pre_scale_post_talking_heads || o.softclamp_logits ||
+         o.sparse_topk > 0;
+}
+
+Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, const Tensor& bias,
+                         const AttentionInputs& in) const {
+  const AttentionConfig& o = config;
+  const double scale = o.qk_norm ? o.qk_norm_scale : 1.0 / std::sqrt(double(o.dim_head));
+  const double p = is_training() ? o.dropout : 0.0;
+  if (!materialises() && !in.prev_attn.defined() && !in.pre_softmax_out) {  // the fused kernel
+    loom::AttentionOptions a;
+    a.key_padding_mask = key_mask;
+    a.attn_mask = in.attn_mask;
+    a.bias = bias;
+    a.scale = scale;
+    a.causal = o.causal;
+    a.selective = o.selective;
+    a.dropout = p;
+    a.generator = generator;
+    return attention(q, k, v, a);
+  }
+  // x-transformers' Attend, step by step on the (b, h, i, j) logits.
+  const int64_t b = q.size(0), i = q.size(2), j = k.size(2);
+  std::vector<int64_t> heads;  // query head h uses kv head h mod kv_heads
+  for (int64_t h = 0; h < o.heads; ++h) heads.push_back(h % o.kv_heads);
+  Tensor kv_heads = tensor(heads);
+  Tensor s = matmul(q, index_select(k, 1, kv_heads).transpose(-1, -2)) * float(scale);
+  if (in.prev_attn.defined()) s = s + in.prev_attn;
+  Tensor post_scale = pre_scale_post_talking_heads.defined() ? mix_heads(pre_scale_post_talking_heads, s) : Tensor();
+  if (pre_softmax_talking_heads.defined()) s = s + mix_heads(pre_softmax_talking_heads, s);
+  if (bias.defined()) s = s + bias;
+  if (o.softclamp_logits) s = tanh(s / float(o.logit_softclamp_value)) * float(o.logit_softclamp_value);
+  Tensor allowed = ones({1, 1, i, j}, kBool);
+  if (key_mask.defined()) allowed = logical_and(allowed, key_mask.view({b, 1, 1, j}));
+  if (in.attn_mask.defined()) allowed = logical_and(allowed, in.attn_mask);
+  if (o.causal) allowed = logical_and(allowed, tril(ones({i, j}, kBool), j - i));
+  s = masked_fill(s, logical_not(allowed), kMaxNeg);
+  if (o.selective) s = selective_logits(s);
+  if (in.pre_softmax_out) *in.pre_softmax_out = s;
+  Tensor a = o.sparse_topk > 0 ? topk_softmax(s, o.sparse_topk, o.sparse_topk_straight_through) : softmax(s, -1);
+  a = dropout(a, p, p > 0, generator);
+  if (post_softmax_talking_heads.defined()) a = mix_heads(post_softmax_talking_heads, a);
+  if (post_scale.defined()) a = a * post_scale;
+  Tensor out = matmul(a, index_select(v, 1, kv_heads));
+  // A query with no key to attend to gets zeros, as from the fused kernel.
+  Tensor empty = eq(sum(allowed.to(kFloat32), {-1}, true), scalar_tensor(0.0));
+  return masked_fill(out, empty, 0.0);
 }
 
 Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
   const AttentionConfig& o = config;
   LOOM_CHECK(x.dim() == 3 && x.size(2) == o.dim, "Attention: expects x (b, n, ", o.dim, "), got ", x.sizes());
   const bool cross = in.context.defined();
-  const Tensor& kv_input = cross ? in.context : x;
+  Tensor kv_input = cross ? in.context : x;
   LOOM_CHECK(kv_input.dim() == 3 && kv_input.size(0) == x.size(0) && kv_input.size(2) == o.dim_context,
              "Attention: expects context (", x.size(0), ", j, ", o.dim_context, "), got ", kv_input.sizes());
   LOOM_CHECK(!(in.attn_bias.defined() && in.rel_pos_bias.defined()),
@@ -69,17 +224,32 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
              "a token's selection depends on every earlier query)");
   LOOM_CHECK(!(in.cache && !cross && (in.mask.defined() || in.attn_mask.defined())),
              "Attention: masks cannot be combined with a KV cache in self-attention");
+  LOOM_CHECK(!(in.cache && (in.prev_attn.defined() || in.pre_softmax_out)),
+             "Attention: residual attention cannot be combined with a KV cache");
+  const bool has_mem = in.mem.defined();
+  LOOM_CHECK(!has_mem || (!cross && !in.cache && in.mem.dim() == 3 && in.mem.size(0) == b && in.mem.size(2) == o.dim),
+             "Attention: memories (Transformer-XL) must be (", b, ", m, ", o.dim,
+             ") and go with self-attention without a KV cache, got ", in.mem.sizes());
+  if (has_mem) kv_input = cat({in.mem, kv_input}, 1);  // earlier hidden states in front, as keys and values
+
   Tensor q = split_heads(to_q->forward(x), o.heads);
-  if (o.qk_norm) {
-    q = l2norm(q);
-    if (qk_norm_q_scale.defined()) q = q * qk_norm_q_scale;
-  }
   Tensor k, v;
   if (cross && in.cache && in.cache->k.defined()) {  // the context's keys and values, from the first call
     k = in.cache->k, v = in.cache->v;
+    if (in.values_out) *in.values_out = in.cache->values;
   } else {
     k = split_heads(to_k->forward(kv_input), o.kv_heads);
     v = split_heads(to_v->forward(kv_input), o.kv_heads);
+    if (in.values_out) *in.values_out = v;  // this layer's own values, for the next layers' value residual
+    if (in.value_residual.defined()) {
+      // ResFormer: v ← v₁ + λ (v − v₁), v₁ the first layer's values; λ per
+      // head and token when learned, else 0.5.
+      LOOM_CHECK(in.value_residual.sizes() == v.sizes(), "Attention: the value residual ", in.value_residual.sizes(),
+                 " must match this layer's values ", v.sizes());
+      Tensor mix = to_value_residual_mix ? sigmoid(to_value_residual_mix->forward(x)).transpose(1, 2).unsqueeze(-1)
+                                         : scalar_tensor(0.5);
+      v = in.value_residual + mix * (v - in.value_residual);
+    }
     if (o.qk_norm) {
       k = l2norm(k);
       if (qk_norm_k_scale.defined()) k = k * qk_norm_k_scale;
@@ -88,7 +258,14 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
       k = cat({in.cache->k, k}, 2);
       v = cat({in.cache->v, v}, 2);
     }
-    if (in.cache) in.cache->k = k, in.cache->v = v;
+    if (in.cache) {
+      in.cache->k = k, in.cache->v = v;
+      if (cross && in.values_out) in.cache->values = *in.values_out;
+    }
+  }
+  if (o.qk_norm) {
+    q = l2norm(q);
+    if (qk_norm_q_scale.defined()) q = q * qk_norm_q_scale;
   }
   if (in.rotary) {
     const Tensor& s = in.rotary->scale;
@@ -96,8 +273,15 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
     k = apply_rotary_pos_emb(k, in.rotary->freqs, s.defined() ? pow(s, -1.0) : Tensor());
   }
 
-  // Keys: the context mask, else (self-attention) the sequence mask.
+  // Keys: the context mask, else (self-attention) the sequence mask, with
+  // the memories in front visible (or as mem_mask says).
   Tensor key_mask = in.context_mask.defined() ? in.context_mask : (cross ? Tensor() : in.mask);
+  if (has_mem && !in.context_mask.defined() && (key_mask.defined() || in.mem_mask.defined())) {
+    const int64_t m = in.mem.size(1);
+    key_mask = cat({in.mem_mask.defined() ? in.mem_mask : ones({b, m}, kBool),
+                    key_mask.defined() ? key_mask : ones({b, n}, kBool)},
+                   1);
+  }
   Tensor rel_bias = in.rel_pos_bias;
   if (o.num_mem_kv > 0) {  // learned keys/values in front, visible to every query
     Tensor mk = mem_k, mv = mem_v;
@@ -115,41 +299,19 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
     }
   }
 
-  loom::AttentionOptions a;
-  a.key_padding_mask = key_mask;
-  a.attn_mask = in.attn_mask;
-  a.bias = in.attn_bias.defined() ? in.attn_bias : rel_bias;
-  a.scale = o.qk_norm ? o.qk_norm_scale : 1.0 / std::sqrt(double(o.dim_head));
-  if (in.prev_attn.defined() || in.pre_softmax_out) {
-    // Residual attention, as x-transformers: logits = scale·q·kᵀ + prev + bias,
-    // masked with the largest negative float, handed on before the softmax.
-    LOOM_CHECK(!o.selective && !in.cache, "Attention: residual attention cannot be combined with selective attention ",
-               "or a KV cache");
-    const int64_t i = q.size(2), j = k.size(2);
-    std::vector<int64_t> heads;
-    for (int64_t h = 0; h < o.heads; ++h) heads.push_back(h % o.kv_heads);
-    Tensor s = matmul(q, index_select(k, 1, tensor(heads)).transpose(-1, -2)) * float(*a.scale);
-    if (in.prev_attn.defined()) s = s + in.prev_attn;
-    if (a.bias.defined()) s = s + a.bias;
-    Tensor allowed = ones({1, 1, i, j}, kBool);
-    if (key_mask.defined()) allowed = logical_and(allowed, key_mask.view({b, 1, 1, j}));
-    if (in.attn_mask.defined()) allowed = logical_and(allowed, in.attn_mask);
-    if (o.causal) allowed = logical_and(allowed, tril(ones({i, j}, kBool), j - i));
-    s = masked_fill(s, logical_not(allowed), -3.4028234663852886e38);
-    if (in.pre_softmax_out) *in.pre_softmax_out = s;
-    if (in.prev_attn.defined()) a.bias = a.bias.defined() ? in.prev_attn + a.bias : in.prev_attn;
-  }
-  a.causal = o.causal;
-  a.selective = o.selective;
-  a.dropout = is_training() ? o.dropout : 0.0;
-  a.generator = generator;
-  Tensor out = attention(q, k, v, a);                                   // (b, h, n, dv)
+  Tensor out = attend(q, k, v, key_mask, in.attn_bias.defined() ? in.attn_bias : rel_bias, in);  // (b, h, n, dv)
+  if (head_scale_params.defined()) out = out * head_scale_params;
+  if (to_v_head_gate) out = out * sigmoid(to_v_head_gate->forward(x)).transpose(1, 2).unsqueeze(-1);
   out = out.transpose(1, 2).reshape({b, n, o.heads * o.value_dim_head});  // merge heads
   if (to_v_gate) {
     Tensor gates = to_v_gate->forward(x);
     out = out * (o.swiglu_values ? silu(gates) : sigmoid(gates));
   }
   out = to_out->forward(out);
+  if (o.on_attn) {  // GLU: the first half gated by σ of the second
+    std::vector<Tensor> parts = chunk(out, 2, -1);
+    out = parts[0] * sigmoid(parts[1]);
+  }
   if (in.mask.defined()) out = masked_fill(out, logical_not(in.mask).unsqueeze(-1), 0.0);
   return out;
 }

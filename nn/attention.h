@@ -1,14 +1,28 @@
-// nn::Attention: x-transformers' Attention module (nn/attention.cpp) on top
-// of the fused loom::attention op.
+// nn::Attention: x-transformers' Attention module and its Attend (nn/attention.cpp).
 //
-//   q = to_q(x), k = to_k(context or x), v = to_v(context or x)   (no biases)
-//   split heads -> [qk-norm] -> [rotary] -> [memory key/values in front]
-//   -> attention(q, k, v; masks, bias, causal, selective) -> merge heads
-//   -> [· σ(to_v_gate(x))] -> to_out -> zero rows where mask is False
+//   q = to_q(x), k = to_k(context or [mem, x]), v = to_v(context or [mem, x])   (no biases)
+//   split heads -> [value residual mix] -> [qk-norm] -> [rotary] -> [memory key/values in front]
+//   -> attend -> [· head_scale] [· σ(to_v_head_gate(x))] -> merge heads
+//   -> [· σ(to_v_gate(x))] -> to_out [-> GLU (on_attn)] -> zero rows where mask is False
+//
+// attend is the fused loom::attention op (ops/attention.cpp) unless an option
+// needs the (b, h, i, j) logits or weights themselves — residual attention,
+// talking heads, soft-clamped logits, sparse top-k — then it is x-transformers'
+// Attend written out in plain ops, in its order:
+//
+//   s = scale · q·kᵀ [+ prev_attn]; [p = pre_scale_post(s)]; [s = s + pre_talking(s)];
+//   s = s + bias; [s = c·tanh(s / c)]; masks; causal; [selective]; -> pre_softmax
+//   a = softmax(s) (or the top-k softmax); dropout; [a = post_talking(a)]; [a = a · p]; out = a·v
+//
+// Either way a query that has no key to attend to gets zeros (see
+// docs/attention.md for where x-transformers differs).
 //
 // Parameter names match x-transformers: to_q.weight, to_k.weight,
-// to_v.weight, to_out.weight, mem_k, mem_v, to_v_gate.{weight,bias},
-// qk_norm_q_scale, qk_norm_k_scale.
+// to_v.weight, to_out.weight (to_out.0.weight with on_attn), mem_k, mem_v,
+// to_v_gate.{weight,bias}, to_v_head_gate.{weight,bias}, qk_norm_q_scale,
+// qk_norm_k_scale, head_scale_params, attend.pre_softmax_talking_heads.weight,
+// attend.post_softmax_talking_heads.weight, attend.pre_scale_post_talking_heads.weight,
+// to_value_residual_mix.0.{weight,bias}.
 #pragma once
 
 #include <loom/core/generator.h>
@@ -34,15 +48,30 @@ struct AttentionConfig {
   int64_t num_mem_kv = 0;
   bool gate_values = false;
   bool swiglu_values = false;
+  bool gate_value_heads = false;  // per-head gate σ(W x + b) on the heads' outputs (W = 0, b = 10 at init)
   bool selective = false;
   bool zero_init_output = false;
+  // Options on the logits / weights (the materialised path):
+  bool pre_talking_heads = false;    // s + W·s across heads before the softmax (W identity at init)
+  bool post_talking_heads = false;   // W·a across heads after it
+  bool pre_scale_post_talking_heads = false;  // a · (W·s), W·s of the logits before bias and masks
+  bool softclamp_logits = false;     // s = c·tanh(s / c) after the bias, before the masks
+  double logit_softclamp_value = 50;
+  int64_t sparse_topk = 0;           // > 0: softmax over the k largest logits of each row only
+  bool sparse_topk_straight_through = false;  // forward the top-k weights, backward the full softmax's
+  bool head_scale = false;           // a learned scale per head on the heads' outputs (init 1)
+  bool on_attn = false;              // attention on attention: to_out gives 2·dim_out, then a GLU
+  // Value residual (ResFormer), set by AttentionLayers for add_value_residual:
+  // a per-head, per-token mix σ(Linear(x)) instead of 0.5.
+  bool learned_value_residual_mix = false;
 };
 
 // Keys and values of the positions seen so far, for decoding step by step
 // (keys before rotary, as x-transformers caches them). For cross-attention
 // it holds the context's keys and values, computed on the first call.
 struct KVCache {
-  Tensor k, v;  // (b, kv_heads, cached, dim_head)
+  Tensor k, v;    // (b, kv_heads, cached, dim_head)
+  Tensor values;  // cross-attention: the context's values before any value residual mix
 };
 
 // What one call attends with. Masks are bool, True = attend.
@@ -57,21 +86,36 @@ struct AttentionInputs {
   KVCache* cache = nullptr;  // when set: x holds only the new positions; the cache is read and extended
   // Residual attention (RealFormer): the previous layer's pre-softmax logits,
   // added to this layer's; and where to put this layer's for the next one.
-  // Either one materialises the (b, h, i, j) logits.
   Tensor prev_attn;
   Tensor* pre_softmax_out = nullptr;
+  // Value residual (ResFormer): the first layer's values, mixed into this
+  // layer's; and where to put this layer's values (before any mixing).
+  Tensor value_residual;
+  Tensor* values_out = nullptr;
+  // Transformer-XL memory: earlier hidden states (b, m, dim), already
+  // normed, in front of x as keys and values (self-attention); mem_mask (b, m).
+  Tensor mem, mem_mask;
 };
 
 class Attention : public Module {
  public:
   explicit Attention(const AttentionConfig& config);
   Tensor forward(const Tensor& x, const AttentionInputs& in = {}) const;
+  // Whether attend needs the logits materialised (residual attention aside).
+  bool materialises() const;
 
   AttentionConfig config;
-  std::shared_ptr<Linear> to_q, to_k, to_v, to_out, to_v_gate;
+  std::shared_ptr<Linear> to_q, to_k, to_v, to_out, to_v_gate, to_v_head_gate, to_value_residual_mix;
   Tensor mem_k, mem_v;                       // (kv_heads, num_mem_kv, dim_head)
   Tensor qk_norm_q_scale, qk_norm_k_scale;   // (heads | kv_heads, 1, dim_head)
+  Tensor head_scale_params;                  // (1, heads, 1, 1)
+  // The 1×1 convolutions across heads, (heads, heads, 1, 1) as nn.Conv2d stores them.
+  Tensor pre_softmax_talking_heads, post_softmax_talking_heads, pre_scale_post_talking_heads;
   Generator* generator = nullptr;            // for dropout; nullptr = the default generator
+
+ private:
+  Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, const Tensor& bias,
+                const AttentionInputs& in) const;
 };
 
 }  // namespace loom::nn

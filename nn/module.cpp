@@ -56,9 +56,15 @@ void Module::collect(const std::string& prefix, bool params, bool buffers, Named
   for (const auto& [name, child] : children_) child->collect(prefix + name + ".", params, buffers, out);
 }
 
+// A parameter shared by two modules (XTransformer's tie_token_emb) is listed
+// once, under its first name, as PyTorch's named_parameters does; the
+// state_dict keeps both names.
 NamedTensors Module::named_parameters() const {
-  NamedTensors out;
-  collect("", true, false, out);
+  NamedTensors all, out;
+  collect("", true, false, all);
+  for (auto& entry : all)
+    if (std::none_of(out.begin(), out.end(), [&](const auto& e) { return e.second.impl() == entry.second.impl(); }))
+      out.push_back(std::move(entry));
   return out;
 }
 

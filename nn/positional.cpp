@@ -8,6 +8,7 @@
 
 #include <loom/core/autograd.h>
 #include <loom/core/error.h>
+#include <loom/nn/layers.h>
 #include <loom/ops/ops.h>
 
 namespace loom::nn {
@@ -92,6 +93,66 @@ Tensor RelativePositionBias::forward(const Tensor& q_pos, const Tensor& k_pos) c
   Tensor ids = bucket(rel, options.causal, options.num_buckets, options.max_distance);
   Tensor values = relative_attention_bias->forward(ids);  // (i, j, h)
   return values.permute({2, 0, 1}) * options.scale;
+}
+
+// ---- Dynamic position bias --------------------------------------------------
+
+namespace {
+// torch.nn.LayerNorm(dim): weight and bias, eps 1e-5 (x-transformers uses it
+// in the dynamic position bias's later layers, its own bias-less LayerNorm
+// in the first).
+struct TorchLayerNorm : Module {
+  explicit TorchLayerNorm(int64_t dim) {
+    weight = register_parameter("weight", ones({dim}));
+    bias = register_parameter("bias", zeros({dim}));
+  }
+  Tensor weight, bias;
+};
+}  // namespace
+
+DynamicPositionBias::DynamicPositionBias(const DynamicPositionBiasOptions& o) : options(o) {
+  LOOM_CHECK(o.depth >= 1, "DynamicPositionBias: depth must be >= 1, got ", o.depth);
+  LOOM_CHECK(o.dim > 0 && o.heads > 0, "DynamicPositionBias: dim and heads must be positive, got ", o.dim, " and ", o.heads);
+  auto mlp = register_module("mlp", std::make_shared<ModuleList>());
+  for (int64_t l = 0; l < o.depth; ++l) {  // Sequential(Linear, [norm], SiLU)
+    auto seq = std::make_shared<ModuleList>();
+    linears.push_back(std::make_shared<Linear>(l == 0 ? 1 : o.dim, o.dim));
+    seq->append(linears.back());
+    if (o.norm) {
+      norms.push_back(l == 0 ? std::shared_ptr<Module>(std::make_shared<LayerNorm>(o.dim))
+                             : std::shared_ptr<Module>(std::make_shared<TorchLayerNorm>(o.dim)));
+      seq->append(norms.back());
+    }
+    mlp->append(seq);
+  }
+  linears.push_back(std::make_shared<Linear>(o.dim, o.heads));
+  mlp->append(linears.back());
+}
+
+Tensor DynamicPositionBias::forward(int64_t i, int64_t j) const {
+  LOOM_CHECK(i >= 0 && i <= j && j > 0, "DynamicPositionBias: needs 0 <= i <= j, got i = ", i, ", j = ", j);
+  // The MLP once per distance, -(j - 1) .. j - 1, then gathered into (i, j).
+  Tensor d = arange(double(1 - j), double(j), 1.0, kFloat32).unsqueeze(-1);
+  if (options.log_distance) d = map_no_grad("DynamicPositionBias", d, [](float v) {
+      return (v > 0 ? 1.0f : v < 0 ? -1.0f : 0.0f) * std::log(std::abs(v) + 1.0f);
+    });
+  Tensor h = d;
+  for (size_t l = 0; l + 1 < linears.size(); ++l) {
+    h = linears[l]->forward(h);
+    if (options.norm) {
+      if (auto ln = std::dynamic_pointer_cast<LayerNorm>(norms[l])) h = ln->forward(h);
+      else {
+        auto t = std::static_pointer_cast<TorchLayerNorm>(norms[l]);
+        h = layer_norm(h, {options.dim}, t->weight, t->bias, 1e-5);
+      }
+    }
+    h = silu(h);
+  }
+  h = linears.back()->forward(h);  // (2j - 1, heads)
+  // query at j - i + r, key c: distance (j - i + r) - c, row (j - i + r) - c + j - 1
+  Tensor q = arange(j - i, j).view({i, 1}), k = arange(j).view({1, j});
+  Tensor rows = (q - k + (j - 1)).reshape({i * j});
+  return index_select(h, 0, rows).view({i, j, options.heads}).permute({2, 0, 1});
 }
 
 // ---- ALiBi ---------------------------------------------------------------

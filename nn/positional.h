@@ -1,6 +1,7 @@
 // Position encodings, as x-transformers defines them (nn/positional.cpp):
 //
 //   RelativePositionBias         T5 bucketed relative bias -> (h, i, j), learned
+//   DynamicPositionBias          an MLP of q_pos - k_pos -> (h, i, j), learned
 //   AlibiPositionalBias          -slope_h * |pos_k - pos_q|  -> (h, i, j) or (b, h, i, j)
 //   RotaryEmbedding              rotates feature pairs of q and k by t * inv_freq
 //   AbsolutePositionalEmbedding  a learned row per position, times dim^-0.5
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include <loom/nn/embedding.h>
+#include <loom/nn/layers.h>
 #include <loom/nn/module.h>
 
 namespace loom::nn {
@@ -49,6 +51,28 @@ class RelativePositionBias : public Module {
 
   RelativePositionBiasOptions options;
   std::shared_ptr<Embedding> relative_attention_bias;  // weight (num_buckets, heads)
+};
+
+// ---- Dynamic position bias --------------------------------------------------
+
+struct DynamicPositionBiasOptions {
+  int64_t dim = 128;  // the MLP's width (x-transformers: the layers' dim / 4)
+  int64_t heads = 8;
+  int64_t depth = 2;  // Linear(1, dim) + SiLU, depth - 1 × (Linear(dim, dim) + SiLU), Linear(dim, heads)
+  bool log_distance = false;  // feed sign(d) · log(|d| + 1) instead of the distance d
+  bool norm = false;          // a LayerNorm before each SiLU
+};
+
+// x-transformers' DynamicPositionBias: bias[h, q, k] = MLP(q_pos - k_pos)[h]
+// with the queries right-aligned; not scaled. Parameters rel_pos.mlp.0.0.weight, ...
+class DynamicPositionBias : public Module {
+ public:
+  explicit DynamicPositionBias(const DynamicPositionBiasOptions& options = {});
+  Tensor forward(int64_t i, int64_t j) const;  // (heads, i, j)
+
+  DynamicPositionBiasOptions options;
+  std::vector<std::shared_ptr<Module>> norms;  // LayerNorm (first) and torch.nn.LayerNorm (the others), if norm
+  std::vector<std::shared_ptr<Linear>> linears;
 };
 
 // ---- ALiBi ---------------------------------------------------------------

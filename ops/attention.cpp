@@ -107,19 +107,12 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
   for (int64_t r = 0; r < nr; ++r) {
     float* row = t.S.data() + r * nc;
     const int64_t R = r0 + r;
-    if (p.causal)  // keys after R + offset are in the future
-      for (int64_t c = std::max<int64_t>(0, R + p.offset + 1 - c0); c < nc; ++c) row[c] = -kInf;
+    // Bias and F are added before the masks, which then overwrite with −∞:
+    // a NaN or +∞ bias where nothing is visible must not reach the softmax
+    // (−∞ + NaN would be NaN), as in the naive where(mask, s, −∞).
     // Masks and biases are read through strides; the unit-stride loops are
     // separate so the compiler vectorises them (branch-free selects).
-    if (p.has_mask) {
-      const bool* m = reinterpret_cast<const bool*>(p.mask.data) + p.mask.index(b, h, R, c0);
-      const int64_t ms = p.mask.stride[3];
-      if (ms == 1)
-        for (int64_t c = 0; c < nc; ++c) row[c] = m[c] ? row[c] : -kInf;
-      else
-        for (int64_t c = 0; c < nc; ++c) row[c] = m[c * ms] ? row[c] : -kInf;
-    }
-    if (p.has_bias) {  // −∞ + bias stays −∞
+    if (p.has_bias) {
       const float* z = reinterpret_cast<const float*>(p.bias.data) + p.bias.index(b, h, R, c0);
       const int64_t zs = p.bias.stride[3];
       if (zs == 1)
@@ -131,7 +124,24 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
       const float* f = p.F + (b * p.I + R) * p.J + c0;
       for (int64_t c = 0; c < nc; ++c) row[c] -= f[c];
     }
+    if (p.causal)  // keys after R + offset are in the future
+      for (int64_t c = std::max<int64_t>(0, R + p.offset + 1 - c0); c < nc; ++c) row[c] = -kInf;
+    if (p.has_mask) {
+      const bool* m = reinterpret_cast<const bool*>(p.mask.data) + p.mask.index(b, h, R, c0);
+      const int64_t ms = p.mask.stride[3];
+      if (ms == 1)
+        for (int64_t c = 0; c < nc; ++c) row[c] = m[c] ? row[c] : -kInf;
+      else
+        for (int64_t c = 0; c < nc; ++c) row[c] = m[c * ms] ? row[c] : -kInf;
+    }
   }
+}
+
+// In a row whose lse is NaN, exp(S − lse) is NaN everywhere, also where S is
+// −∞ (masked): those weights are 0, as the naive where(mask, p, 0) has them.
+void masked_to_zero(const float* S, float* P, int64_t n) {
+  for (int64_t c = 0; c < n; ++c)
+    if (S[c] == -kInf) P[c] = 0.0f;
 }
 
 // The last key block a query block can see (causal skips the rest).
@@ -161,7 +171,10 @@ void forward(const Problem& p, float* out, float* lse) {
         for (int64_t r = 0; r < nr; ++r) {
           float* s = t.S.data() + r * nc;
           float* pr = t.P.data() + r * nc;
-          const float m_new = std::max(m[size_t(r)], k.max(s, nc));
+          // k.max is NaN if any logit is; NaN then stays in m, l and O, as
+          // softmax of a row with a NaN is NaN (std::max alone would drop it).
+          const float tile_max = k.max(s, nc), m_old = m[size_t(r)];
+          const float m_new = std::isnan(tile_max) || std::isnan(m_old) ? NAN : std::max(m_old, tile_max);
           if (m_new == -kInf) {  // nothing visible yet in this row
             std::fill(pr, pr + nc, 0.0f);
             continue;
@@ -181,9 +194,12 @@ void forward(const Problem& p, float* out, float* lse) {
         k.gemm(t.P.data(), nc, 1, V, p.Dv, O, p.Dv, nr, p.Dv, nc, 1.0f, true);  // O += P V
       }
       for (int64_t r = 0; r < nr; ++r) {
+        // A row that saw no key (m still −∞) is exact zeros, with lse +∞ so
+        // its weights recompute as 0; a NaN row stays NaN.
         const float lr = l[size_t(r)];
-        for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] = lr > 0 ? O[r * p.Dv + d] / lr : 0.0f;
-        lse[(b * p.H + h) * p.I + r0 + r] = lr > 0 ? m[size_t(r)] + std::log(lr) : kInf;
+        const bool none = m[size_t(r)] == -kInf;
+        for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] = none ? 0.0f : O[r * p.Dv + d] / lr;
+        lse[(b * p.H + h) * p.I + r0 + r] = none ? kInf : m[size_t(r)] + std::log(lr);
       }
     }
   });
@@ -204,7 +220,7 @@ void selective_gate(const Problem& p, float* G, float* F) {
           for (int64_t c = c0; c < c1; ++c) {
             const float s = t.S[size_t((r - r0) * nc + c - c0)];
             const bool excluded = c <= p.offset || c == r + p.offset;
-            G[(b * p.I + r) * p.J + c] = excluded || !(s > 0) ? 0.0f : s;
+            G[(b * p.I + r) * p.J + c] = excluded || s <= 0 ? 0.0f : s;  // relu, NaN stays NaN
           }
       }
     }
@@ -235,8 +251,10 @@ void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, i
   const int64_t nr = r1 - r0, nc = c1 - c0;
   logits_tile(p, t, b, h, r0, r1, c0, c1, true);
   const float* L = g.lse + (b * p.H + h) * p.I + r0;
-  for (int64_t r = 0; r < nr; ++r)
+  for (int64_t r = 0; r < nr; ++r) {
     k.softmax_minus(t.S.data() + r * nc, L[r], 1.0f, 0.0f, t.P.data() + r * nc, nc);  // P = exp(S − lse)
+    if (std::isnan(L[r])) masked_to_zero(t.S.data() + r * nc, t.P.data() + r * nc, nc);
+  }
   // dP = dO Vᵀ
   const float* VT = p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.J + c0;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
@@ -247,7 +265,9 @@ void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, i
       const size_t e = size_t(r * nc + c);
       const float keep = p.dropout > 0 ? p.keep(b, h, r0 + r, c0 + c) : 1.0f;
       Pd[e] = t.P[e] * keep;
-      float ds = t.P[e] * (t.S[e] * keep - delta[r]);
+      // Where the weight is 0 (masked, or a row that sees nothing) the
+      // gradient is exactly 0, also when dP is NaN from a NaN in v.
+      float ds = t.P[e] == 0.0f ? 0.0f : t.P[e] * (t.S[e] * keep - delta[r]);
       if (g.dS0 && h == 0) ds += g.dS0[(b * p.I + r0 + r) * p.J + c0 + c];
       t.S[e] = ds;
     }
@@ -443,9 +463,12 @@ void weights(const Problem& p, const float* lse, float* w) {
       for (int64_t c0 = 0; c0 < p.J; c0 += kBlock) {
         const int64_t c1 = std::min(p.J, c0 + kBlock), nc = c1 - c0;
         logits_tile(p, t, b, h, r0, r1, c0, c1, true);
-        for (int64_t r = r0; r < r1; ++r)
-          k.softmax_minus(t.S.data() + (r - r0) * nc, lse[(b * p.H + h) * p.I + r], 1.0f, 0.0f,
-                          w + ((b * p.H + h) * p.I + r) * p.J + c0, nc);
+        for (int64_t r = r0; r < r1; ++r) {
+          const float L = lse[(b * p.H + h) * p.I + r];
+          float* wr = w + ((b * p.H + h) * p.I + r) * p.J + c0;
+          k.softmax_minus(t.S.data() + (r - r0) * nc, L, 1.0f, 0.0f, wr, nc);
+          if (std::isnan(L)) masked_to_zero(t.S.data() + (r - r0) * nc, wr, nc);
+        }
       }
     }
   });

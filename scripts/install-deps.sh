@@ -19,10 +19,11 @@ packages=(
   dataset-fashion-mnist  # demo images: /usr/share/datasets/fashion-mnist
 )
 
-# CI also builds with clang (.ci/run): `install-deps.sh --ci` adds it.
+# CI also builds with clang and runs the fuzz targets (.ci/run): `install-deps.sh --ci` adds them.
 if [ "${1:-}" = "--ci" ]; then
   packages+=(
     clang             # clang++ 14: the second compiler CI builds and tests with
+    libclang-rt-14-dev  # libFuzzer and the sanitizer runtimes for clang (tests/fuzz/run.sh)
   )
 fi
 

@@ -241,3 +241,110 @@ TEST_CASE("attention errors name the shapes") {
   f.attn_mask = ones({3, 5});
   CHECK_THROWS_WITH_AS(attention(q, v, v, f), "attention: attn_mask must be bool (True = attend), got float32", Error);
 }
+
+namespace {
+// Sets one element of a leaf tensor (no grad recorded).
+void poke(const Tensor& t, const Shape& at, float value) {
+  NoGradGuard no_grad;
+  Tensor e = t;
+  for (int64_t d : at) e = e.select(0, d);
+  e.fill_(value);
+}
+
+bool any_nan(const std::vector<float>& x) {
+  for (float v : x)
+    if (std::isnan(v)) return true;
+  return false;
+}
+}  // namespace
+
+TEST_CASE("attention propagates NaN in q, k, v, bias and positions as the naive computation does, "
+          "fully masked rows stay exact zeros") {
+  // i = j = 70: two key blocks. Row (h 1, r 5) sees no key at all.
+  const int64_t B = 1, H = 2, I = 70, J = 70, D = 8;
+  auto make = [&](uint64_t seed) {
+    Generator g(seed);
+    Made m;
+    m.q = randn({B, H, I, D}, g).requires_grad_();
+    m.k = randn({B, H, J, D}, g).requires_grad_();
+    m.v = randn({B, H, J, D}, g).requires_grad_();
+    m.o.bias = randn({H, I, J}, g).requires_grad_();
+    Tensor mask = lt(rand({B, H, I, J}, g), scalar_tensor(0.8));
+    mask.select(0, 0).select(0, 1).select(0, 5).fill_(0);
+    mask.select(0, 0).select(0, 0).select(0, 9).select(0, 20).fill_(0);  // (h 0, r 9) does not see key 20
+    mask.select(0, 0).select(0, 0).select(0, 7).select(0, 20).fill_(1);  // (h 0, r 7) does
+    m.o.attn_mask = mask;
+    return m;
+  };
+  // Fused and naive agree, NaN for NaN; the fully masked row is exact zeros
+  // in the output and in dq (the naive one turns it NaN when v holds a NaN:
+  // 0 · NaN in the weights · v product).
+  auto compare = [&](Made& m, bool grads) {
+    Tensor fused = attention(m.q, m.k, m.v, m.o), naive = naive_attention(m.q, m.k, m.v, m.o);
+    Tensor dout = ones_like(fused);
+    std::vector<float> f = fused.to_vector<float>();
+    std::vector<double> n = as_double(naive);
+    for (int64_t d = 0; d < D; ++d) {
+      const size_t e = size_t(((0 * H + 1) * I + 5) * D + d);
+      CHECK(f[e] == 0.0f);
+      n[e] = 0.0;
+    }
+    CHECK(close_or_same(f, n, 1e-5, 1e-4));
+    std::vector<Tensor> gf = grads_of(m, fused, dout);
+    for (float x : gf[0].select(0, 0).select(0, 1).select(0, 5).contiguous().to_vector<float>()) CHECK(x == 0.0f);
+    if (grads) {
+      std::vector<Tensor> gn = grads_of(m, naive, dout);
+      for (size_t i = 0; i < gf.size(); ++i) {
+        CAPTURE(i);  // 0 q, 1 k, 2 v, 3 bias
+        CHECK(close_or_same(gf[i].to_vector<float>(), as_double(gn[i]), 1e-4, 1e-3));
+      }
+    }
+    return f;
+  };
+  auto row = [&](const std::vector<float>& out, int64_t h, int64_t r) {
+    return std::vector<float>(out.begin() + (h * I + r) * D, out.begin() + (h * I + r + 1) * D);
+  };
+
+  SUBCASE("NaN in one query: that row is NaN, the others are not") {
+    Made m = make(1);
+    poke(m.q, {0, 0, 3, 2}, NAN);
+    std::vector<float> out = compare(m, true);
+    CHECK(any_nan(row(out, 0, 3)));
+    CHECK(!any_nan(row(out, 0, 4)));
+    CHECK(!any_nan(row(out, 1, 3)));
+  }
+  SUBCASE("NaN in a key of the second block: every row that sees it") {
+    Made m = make(2);
+    poke(m.k, {0, 0, 66, 0}, NAN);
+    std::vector<float> out = compare(m, true);
+    const std::vector<bool> sees = m.o.attn_mask.select(0, 0).select(0, 0).select(1, 66).to_vector<bool>();
+    for (int64_t r = 0; r < I; ++r) CHECK(any_nan(row(out, 0, r)) == bool(sees[size_t(r)]));
+  }
+  SUBCASE("NaN in a value: the rows that see it, and where the weight is 0, as 0 · NaN is NaN") {
+    Made m = make(3);
+    poke(m.v, {0, 1, 10, 2}, NAN);
+    std::vector<float> out = compare(m, false);
+    CHECK(std::isnan(row(out, 1, 0)[2]));
+    CHECK(!std::isnan(row(out, 1, 0)[1]));
+  }
+  SUBCASE("NaN in a visible bias entry: that row; NaN or +inf where masked: nothing") {
+    Made m = make(4);
+    poke(m.o.bias, {0, 7, 20}, NAN);       // visible
+    poke(m.o.bias, {0, 9, 20}, NAN);       // masked
+    poke(m.o.bias, {1, 5, 3}, INFINITY);  // in the fully masked row
+    std::vector<float> out = compare(m, true);
+    CHECK(any_nan(row(out, 0, 7)));
+    CHECK(!any_nan(row(out, 0, 9)));
+    CHECK(!any_nan(row(out, 0, 8)));
+  }
+  SUBCASE("NaN in a position: the ALiBi bias it makes spreads it like the naive computation") {
+    Made m = make(5);
+    nn::AlibiPositionalBias alibi({.heads = H});
+    std::vector<float> pos(static_cast<size_t>(J));
+    for (int64_t j = 0; j < J; ++j) pos[size_t(j)] = float(j) * 0.5f;
+    pos[30] = NAN;
+    m.o.bias = alibi.forward(from_vector(pos, {B, J})).detach().requires_grad_();  // (b, h, n, n)
+    std::vector<float> out = compare(m, true);
+    CHECK(any_nan(row(out, 0, 30)));  // position 30's own row sees only NaN distances
+  }
+}

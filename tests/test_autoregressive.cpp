@@ -60,7 +60,7 @@ TEST_CASE("KV-cached decoding gives the logits of the full forward, for every po
   nn::LayersCache cache;
   CHECK_THROWS_WITH_AS(sel->forward(tokens, {}, &cache),
                        "TransformerWrapper: this model cannot use a KV cache (it needs a causal decoder without memory "
-                       "tokens or selective attention)",
+                       "or cls tokens, pooling, residual or selective attention)",
                        Error);
 }
 

@@ -66,7 +66,7 @@ TEST_CASE("loom train, generate and eval on a small text") {
     std::ifstream in("loom_cmd_out.txt");
     std::stringstream s;
     s << in.rdbuf();
-    CHECK(s.str().find("interrupted: checkpoint saved at step") != std::string::npos);
+    CHECK(s.str().find("interrupted by SIGINT: checkpoint saved at step") != std::string::npos);
   }
   std::remove("loom_cmd_out.txt");
 
@@ -79,7 +79,7 @@ TEST_CASE("loom train, generate and eval on a small text") {
   CHECK(bad_value.err == "loom train: --steps must be an integer >= 1, got '-3' (try 'loom train --help')\n");
   Run missing = run("generate --checkpoint nowhere --prompt hi");
   CHECK(missing.code == 1);
-  CHECK(missing.err == "loom generate: load_safetensors: cannot open 'nowhere'\n");
+  CHECK(missing.err == "loom generate: load_safetensors: cannot open 'nowhere': No such file or directory\n");
   Run no_data = run("train --config loom_cli_config.json --data /nonexistent --out loom_cli_run");
   CHECK(no_data.code == 1);
   CHECK(no_data.err == "loom train: load_text_corpus: '/nonexistent' does not exist\n");

@@ -55,7 +55,8 @@ TEST_CASE("Config errors name the key, the closest valid key, and the allowed va
   CHECK(error_of(head + R"("heads": 2, "causal": false}})") ==
         "config: 'attn_layers.causal' cannot be set on a Decoder (it is always causal)");
   CHECK(error_of(R"({"wrapper": "TransformerWrapper", "num_tokens": 10, "attn_layers": {"type": "Transformer", "dim": 8}})") ==
-        "config: 'attn_layers.type' must be one of \"Encoder\", \"Decoder\", \"CrossAttender\", \"AttentionLayers\", got "
+        "config: 'attn_layers.type' must be one of \"Encoder\", \"Decoder\", \"PrefixDecoder\", \"CrossAttender\", "
+        "\"AttentionLayers\", got "
         "\"Transformer\"");
   CHECK(error_of(R"({"wrapper": "TransformerWrapper", "attn_layers": {"dim": 8, "depth": 1}})") ==
         "config: 'num_tokens' is required");
@@ -65,7 +66,7 @@ TEST_CASE("Config errors name the key, the closest valid key, and the allowed va
   CHECK(error_of("{oops").rfind("config: not valid JSON: ", 0) == 0);
   // Options that are individually fine but conflict are caught by the layers.
   CHECK(error_of(head + R"("heads": 2, "alibi_pos_bias": true, "rel_pos_bias": true}})") ==
-        "AttentionLayers: use at most one of alibi_pos_bias, rel_pos_bias");
+        "config: AttentionLayers: use at most one of alibi_pos_bias, rel_pos_bias, dynamic_pos_bias");
 }
 
 TEST_CASE("Configs for the other wrappers: continuous, ViT, and XTransformer's enc_/dec_ keys") {

@@ -215,3 +215,32 @@ TEST_CASE("clip_grad_norm: the norm of many large gradients against double, the 
   const std::vector<float> after = params[6].grad().to_vector<float>();
   for (size_t i = 0; i < after.size(); i += 997) CHECK(after[i] == doctest::Approx(before[i] / ref).epsilon(1e-5));
 }
+
+TEST_CASE("Optimizer state is complete: every parameter's moments, zeros before its first gradient, and a load missing one is refused") {
+  Tensor a = ones({3}).requires_grad_(), b = ones({2, 2}).requires_grad_();
+  AdamW opt({{"a", a}, {"b", b}}, {.lr = 0.1});
+  a.mutable_grad() = full({3}, 0.5);  // b gets no gradient: Adam creates no state for it
+  opt.step();
+  NamedParams state = opt.state_dict();
+  std::vector<std::string> names;
+  for (const auto& [n, t] : state) names.push_back(n);
+  CHECK(names == std::vector<std::string>{"step", "a.exp_avg", "a.exp_avg_sq", "b.exp_avg", "b.exp_avg_sq"});
+  for (float m : state[1].second.to_vector<float>()) CHECK(m == doctest::Approx(0.05).epsilon(1e-6));  // (1 - 0.9) * 0.5
+  CHECK(state[3].second.to_vector<float>() == std::vector<float>(4, 0.0f));
+  AdamW other({{"a", ones({3}).requires_grad_()}, {"b", ones({2, 2}).requires_grad_()}}, {.lr = 0.1});
+  other.load_state_dict(state);
+  CHECK(other.steps() == 1);
+  NamedParams missing(state.begin(), state.end() - 1);
+  CHECK_THROWS_WITH_AS(other.load_state_dict(missing),
+                       "Optimizer::load_state_dict: the state has no 'b.exp_avg_sq' (incomplete optimizer state)", Error);
+  NamedParams no_step(state.begin() + 1, state.end());
+  CHECK_THROWS_WITH_AS(other.load_state_dict(no_step),
+                       "Optimizer::load_state_dict: the state has no 'step' (incomplete optimizer state)", Error);
+  NamedParams wrong = state;
+  wrong[2].second = zeros({3}, kInt64);
+  CHECK_THROWS_WITH_AS(other.load_state_dict(wrong),
+                       "Optimizer::load_state_dict: 'a.exp_avg_sq' is int64 [3], the parameter float32 [3]", Error);
+  // A refused load leaves the optimizer as it was.
+  CHECK(other.steps() == 1);
+  CHECK(other.state_dict()[1].second.to_vector<float>() == state[1].second.to_vector<float>());
+}

@@ -47,7 +47,7 @@ Fixture load(const std::string& name) {
   f.in.mask = optional_npy(dir, "mask");
   f.in.context = optional_npy(dir, "context");
   f.in.context_mask = optional_npy(dir, "context_mask");
-  f.in.pos = optional_npy(dir, "pos");
+  f.in.layer_pos = optional_npy(dir, "pos");  // ALiBi at irregular positions: the layers' own
   return f;
 }
 }  // namespace
@@ -114,5 +114,5 @@ TEST_CASE("`loom forward` reproduces a fixture from the command line") {
   CHECK(std::fgets(line, sizeof line, err) != nullptr);
   std::fclose(err);
   std::remove("loom_cli_err.txt");
-  CHECK(std::string(line) == "loom forward: load_safetensors: cannot open 'nowhere.safetensors'\n");
+  CHECK(std::string(line) == "loom forward: load_safetensors: cannot open 'nowhere.safetensors': No such file or directory\n");
 }

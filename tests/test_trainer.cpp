@@ -3,6 +3,7 @@
 #include "helpers.h"
 
 #include <loom/loom.h>
+#include <loom/core/io.h>
 
 #include <filesystem>
 #include <fstream>
@@ -105,4 +106,191 @@ TEST_CASE("Training: 1, 2 and 8 threads reach the same held-out loss (within 1e-
     CHECK(a.val_loss < 3.0);  // it learned something: untrained is ln 256 = 5.5
     CHECK(std::abs(a.val_loss - one_thread) < 1e-3);
   }
+}
+
+namespace {
+std::string file_bytes(const std::string& path) { return read_file(path, "test"); }
+
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// Rewrites a checkpoint with `edit` applied to its tensors and metadata.
+template <class F>
+void edit_checkpoint(const std::string& path, F edit) {
+  SafetensorsFile f = load_safetensors(path);
+  edit(f);
+  save_safetensors(path, f.tensors, f.metadata);
+}
+}  // namespace
+
+TEST_CASE("Training: a NaN loss stops the run before the update, the last good checkpoint stays as it was") {
+  TextCorpus corpus = toy_corpus();
+  const std::string dir = "loom_nan_run";
+  std::filesystem::remove_all(dir);
+  manual_seed(1);
+  LoadedModel m = model_from_json(kConfig);
+  TrainConfig tc = toy_config(dir);
+  tc.steps = 4, tc.checkpoint_every = 4;
+  train_language_model(m, kConfig, corpus, tc);
+  const std::string good = file_bytes(dir + "/checkpoint.safetensors"), metrics = file_bytes(dir + "/metrics.jsonl");
+  const std::string plot = file_bytes(dir + "/loss.svg");
+
+  // An absurd learning rate: step 5 (good weights) is finite and its update
+  // blows the weights up, so the loss of step 6 is not finite.
+  tc.steps = 20, tc.lr = 1e30, tc.min_lr = 1e30, tc.warmup_steps = 0;
+  const std::string e = error_of([&] { train_language_model(m, kConfig, corpus, tc, /*resume=*/true); });
+  CHECK(e.rfind("train: the loss is ", 0) == 0);
+  CHECK(e.find(" at step 6; stopped without saving (the checkpoint of step 4 in "
+               "'loom_nan_run/checkpoint.safetensors' is kept)") != std::string::npos);
+  CHECK(file_bytes(dir + "/checkpoint.safetensors") == good);
+  CHECK(file_bytes(dir + "/loss.svg") == plot);
+  // Step 5 was logged; nothing non-finite ("null") ever was.
+  const std::string after = file_bytes(dir + "/metrics.jsonl");
+  CHECK(after.rfind(metrics, 0) == 0);
+  CHECK(after.find("\"step\":5") != std::string::npos);
+  CHECK(after.find("\"step\":6") == std::string::npos);
+  CHECK(after.find("null") == std::string::npos);
+  CHECK(load_checkpoint(dir).step == 4);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Training: skip_nonfinite skips non-finite steps without touching weights or moments, and stops after 10") {
+  TextCorpus corpus = toy_corpus();
+  const std::string dir = "loom_skip_run";
+  std::filesystem::remove_all(dir);
+  manual_seed(1);
+  LoadedModel m = model_from_json(kConfig);
+  TrainConfig tc = toy_config(dir);
+  tc.steps = 30, tc.lr = 1e30, tc.min_lr = 1e30, tc.warmup_steps = 0, tc.checkpoint_every = 1, tc.eval_every = 100;
+  tc.stop_after = 1;  // step 1: finite loss, an update that makes every later loss non-finite
+  train_language_model(m, kConfig, corpus, tc);
+  const SafetensorsFile after_step_1 = load_safetensors(dir + "/checkpoint.safetensors");
+
+  tc.stop_after = 0, tc.skip_nonfinite = true;
+  const std::string e = error_of([&] { train_language_model(m, kConfig, corpus, tc, /*resume=*/true); });
+  CHECK(e.rfind("train: 10 steps in a row had a non-finite loss or gradient norm (the last at step 11: ", 0) == 0);
+  // Steps 2..10 were skipped and checkpointed: the same weights and moments as after step 1.
+  const SafetensorsFile last = load_safetensors(dir + "/checkpoint.safetensors");
+  CHECK(last.metadata.at("step") == "10");
+  REQUIRE(last.tensors.size() == after_step_1.tensors.size());
+  for (size_t i = 0; i < last.tensors.size(); ++i) {
+    CAPTURE(last.tensors[i].first);
+    CHECK(last.tensors[i].first == after_step_1.tensors[i].first);
+    if (last.tensors[i].second.dtype() == kFloat32)
+      CHECK(last.tensors[i].second.to_vector<float>() == after_step_1.tensors[i].second.to_vector<float>());
+    else
+      CHECK(last.tensors[i].second.to_vector<int64_t>() == after_step_1.tensors[i].second.to_vector<int64_t>());
+  }
+  // Each skipped step has its line, with the reason and no loss.
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<int64_t> skipped;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("skipped")) {
+      skipped.push_back(j["step"].get<int64_t>());
+      CHECK(j["skipped"].get<std::string>().rfind("the ", 0) == 0);
+      CHECK(!j.contains("loss"));
+    }
+  }
+  CHECK(skipped == std::vector<int64_t>{2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Resume refuses another config, an incomplete optimizer state and bad metadata, each naming what") {
+  TextCorpus corpus = toy_corpus();
+  const std::string dir = "loom_resume_checks", ckpt = dir + "/checkpoint.safetensors";
+  std::filesystem::remove_all(dir);
+  manual_seed(1);
+  LoadedModel m = model_from_json(kConfig);
+  TrainConfig tc = toy_config(dir);
+  tc.stop_after = 2;
+  train_language_model(m, kConfig, corpus, tc);
+  const std::string good = file_bytes(ckpt);
+  tc.stop_after = 1;
+  auto resume_with = [&](const std::string& config) {
+    return error_of([&] {
+      LoadedModel other = model_from_json(config);
+      train_language_model(other, config, corpus, tc, /*resume=*/true);
+    });
+  };
+
+  // Another config: the first key that differs is named.
+  std::string deeper = kConfig;
+  deeper.replace(deeper.find("\"depth\": 1"), 10, "\"depth\": 2");
+  CHECK(resume_with(deeper) ==
+        "train: cannot resume from 'loom_resume_checks/checkpoint.safetensors' with a different config: "
+        "'attn_layers.depth' is 1 in the checkpoint's config, 2 in this one (resume with the config the run started "
+        "with, or train into a new --out)");
+  std::string more = kConfig;
+  more.replace(more.find("\"ff_mult\": 2"), 12, "\"ff_mult\": 2, \"ff_glu\": true");
+  CHECK(resume_with(more).find("'attn_layers.ff_glu' is true in this config and absent from the checkpoint's") !=
+        std::string::npos);
+  // The same config written differently (key order, spacing, 2 vs 2.0) is the same config.
+  const std::string same = R"({"attn_layers": {"attn_dropout": 0.1, "ff_mult": 2.0, "attn_dim_head": 8, "heads": 2,
+    "depth": 1, "dim": 16, "type": "Decoder"}, "max_seq_len": 32, "num_tokens": 256, "wrapper": "TransformerWrapper"})";
+  CHECK(resume_with(same) == "no error");
+  CHECK(load_checkpoint(dir).step == 3);
+
+  // A missing optimizer moment used to be re-initialised without a word.
+  write_file_atomic(ckpt, good, "test");
+  edit_checkpoint(ckpt, [](SafetensorsFile& f) {
+    std::erase_if(f.tensors, [](const auto& t) { return t.first == "optim.to_logits.weight.exp_avg_sq"; });
+  });
+  CHECK(resume_with(kConfig) ==
+        "Optimizer::load_state_dict: the state has no 'to_logits.weight.exp_avg_sq' (incomplete optimizer state)");
+
+  // Metadata: "-5", "abc" and a missing data_seed used to give no error, "stoll" and "map::at".
+  auto with_metadata = [&](const std::string& key, const char* value, bool loads = false) {
+    write_file_atomic(ckpt, good, "test");
+    edit_checkpoint(ckpt, [&](SafetensorsFile& f) {
+      if (value) f.metadata[key] = value;
+      else f.metadata.erase(key);
+    });
+    const std::string resumed = resume_with(kConfig);
+    // One reader for both: `loom generate` and `loom eval` get the same message.
+    CHECK(error_of([&] { load_checkpoint(dir); }) == (loads ? "no error" : resumed));
+    return resumed;
+  };
+  CHECK(with_metadata("step", "-5") ==
+        "load_checkpoint: 'loom_resume_checks/checkpoint.safetensors': metadata 'step' must be an integer in [0, "
+        "9223372036854775807], got \"-5\"");
+  CHECK(with_metadata("step", "abc") ==
+        "load_checkpoint: 'loom_resume_checks/checkpoint.safetensors': metadata 'step' must be an integer in [0, "
+        "9223372036854775807], got \"abc\"");
+  CHECK(with_metadata("step", "12abc").find("got \"12abc\"") != std::string::npos);
+  CHECK(with_metadata("data_seed", nullptr) ==
+        "load_checkpoint: 'loom_resume_checks/checkpoint.safetensors' has no 'data_seed' in its metadata (not a "
+        "complete loom training checkpoint)");
+  CHECK(with_metadata("config", "{\"wrapper\": ").rfind(
+            "loom_resume_checks/checkpoint.safetensors (config): not valid JSON: ", 0) == 0);
+  // The optimizer cannot be ahead of the run.
+  CHECK(with_metadata("step", "1", /*loads=*/true) ==
+        "train: 'loom_resume_checks/checkpoint.safetensors' holds an optimizer at step 2 but a run at step 1");
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("Training settings that would divide by zero or overflow are errors naming the setting") {
+  TextCorpus corpus = toy_corpus();
+  LoadedModel m = model_from_json(kConfig);
+  auto train_with = [&](auto edit) {
+    TrainConfig tc = toy_config("loom_bad_settings");
+    edit(tc);
+    return error_of([&] { train_language_model(m, kConfig, corpus, tc); });
+  };
+  CHECK(train_with([](TrainConfig& c) { c.checkpoint_every = 0; }) == "train: checkpoint_every must be >= 1, got 0");
+  CHECK(train_with([](TrainConfig& c) { c.eval_every = 0; }) == "train: eval_every must be >= 1, got 0");
+  CHECK(train_with([](TrainConfig& c) { c.log_every = -1; }) == "train: log_every must be >= 1, got -1");
+  CHECK(train_with([](TrainConfig& c) { c.lr = INFINITY; }) == "train: lr must be a finite number >= 0, got inf");
+  CHECK(train_with([](TrainConfig& c) { c.seq_len = 30, c.batch_size = INT64_MAX; }) ==
+        "train: batch_size x seq_len (9223372036854775807 x 30) overflows int64");
+  CHECK(train_with([](TrainConfig& c) { c.seq_len = 20000; }) ==
+        "train: seq_len 20000 exceeds the model's max_seq_len 32");
+  CHECK(!std::filesystem::exists("loom_bad_settings"));
 }

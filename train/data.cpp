@@ -2,10 +2,9 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 
 #include <loom/core/error.h>
+#include <loom/core/io.h>
 
 namespace loom {
 
@@ -15,19 +14,20 @@ TextCorpus load_text_corpus(const std::string& path, double val_fraction) {
   LOOM_CHECK(fs::exists(path), "load_text_corpus: '", path, "' does not exist");
   TextCorpus c;
   if (fs::is_directory(path)) {
-    for (const auto& e : fs::directory_iterator(path)) {
-      const std::string ext = e.path().extension().string();
-      if (e.is_regular_file() && ext != ".dat" && ext != ".u8") c.files.push_back(e.path().string());
+    std::error_code ec;
+    for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string ext = it->path().extension().string();
+      if (it->is_regular_file() && ext != ".dat" && ext != ".u8") c.files.push_back(it->path().string());
     }
+    LOOM_CHECK(!ec, "load_text_corpus: cannot list '", path, "': ", ec.message());
     std::sort(c.files.begin(), c.files.end());
   } else {
     c.files.push_back(path);
   }
   std::vector<uint8_t> all;
   for (const std::string& f : c.files) {
-    std::ifstream in(f, std::ios::binary);
-    LOOM_CHECK(in.good(), "load_text_corpus: cannot read '", f, "'");
-    all.insert(all.end(), std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    const std::string bytes = read_file(f, "load_text_corpus");
+    all.insert(all.end(), bytes.begin(), bytes.end());
   }
   LOOM_CHECK(all.size() >= 1000, "load_text_corpus: '", path, "' holds only ", all.size(),
              " bytes of text; at least 1000 are needed");
@@ -38,6 +38,7 @@ TextCorpus load_text_corpus(const std::string& path, double val_fraction) {
 }
 
 Tensor sample_windows(const std::vector<uint8_t>& data, int64_t batch, int64_t length, Generator& gen) {
+  LOOM_CHECK(batch >= 0 && length >= 1, "sample_windows: batch must be >= 0 and length >= 1, got ", batch, " and ", length);
   LOOM_CHECK(int64_t(data.size()) > length, "sample_windows: the data (", data.size(), " bytes) is shorter than a window (",
              length, ")");
   Tensor out = empty({batch, length}, kInt64);
@@ -52,6 +53,7 @@ Tensor sample_windows(const std::vector<uint8_t>& data, int64_t batch, int64_t l
 }
 
 Tensor contiguous_windows(const std::vector<uint8_t>& data, int64_t length, int64_t max_windows) {
+  LOOM_CHECK(length >= 1, "contiguous_windows: length must be >= 1, got ", length);
   const int64_t n = std::min<int64_t>(max_windows, int64_t(data.size()) / length);
   LOOM_CHECK(n > 0, "contiguous_windows: the data (", data.size(), " bytes) is shorter than a window (", length, ")");
   Tensor out = empty({n, length}, kInt64);

@@ -43,15 +43,26 @@ Tensor& Optimizer::state(size_t i, const std::string& name) {
 NamedParams Optimizer::state_dict() const {
   NamedParams out = {{"step", scalar_tensor(double(steps_), kInt64)}};
   for (size_t i = 0; i < params_.size(); ++i)
-    for (const auto& [n, t] : state_[i]) out.emplace_back(params_[i].first + "." + n, t);
+    for (const std::string& name : state_names()) {
+      Tensor t;
+      for (const auto& [n, s] : state_[i])
+        if (n == name) t = s;
+      // Not created yet (no gradient so far): zeros, which is what a step would start from.
+      out.emplace_back(params_[i].first + "." + name, t.defined() ? t : zeros(params_[i].second.sizes()));
+    }
   return out;
 }
 
 void Optimizer::load_state_dict(const NamedParams& state) {
-  for (auto& s : state_) s.clear();
+  const char* op = "Optimizer::load_state_dict";
+  std::vector<std::vector<std::pair<std::string, Tensor>>> loaded(params_.size());
+  bool has_step = false;
+  int64_t steps = 0;
   for (const auto& [key, t] : state) {
     if (key == "step") {
-      steps_ = t.item<int64_t>();
+      LOOM_CHECK(t.dtype() == kInt64 && t.dim() == 0 && t.item<int64_t>() >= 0, op,
+                 ": 'step' must be a non-negative int64 scalar, got ", dtype_name(t.dtype()), " ", t.sizes());
+      steps = t.item<int64_t>(), has_step = true;
       continue;
     }
     bool found = false;
@@ -59,14 +70,24 @@ void Optimizer::load_state_dict(const NamedParams& state) {
       const std::string& p = params_[i].first;
       if (key.size() > p.size() + 1 && key.compare(0, p.size(), p) == 0 && key[p.size()] == '.' &&
           key.find('.', p.size() + 1) == std::string::npos) {
-        LOOM_CHECK(t.sizes() == params_[i].second.sizes(), "Optimizer::load_state_dict: '", key, "' has shape ",
-                   t.sizes(), ", the parameter ", params_[i].second.sizes());
-        state_[i].emplace_back(key.substr(p.size() + 1), t.contiguous().clone());
+        LOOM_CHECK(t.sizes() == params_[i].second.sizes() && t.dtype() == kFloat32, op, ": '", key, "' is ",
+                   dtype_name(t.dtype()), " ", t.sizes(), ", the parameter float32 ", params_[i].second.sizes());
+        loaded[i].emplace_back(key.substr(p.size() + 1), t.contiguous().clone());
         found = true;
       }
     }
-    LOOM_CHECK(found, "Optimizer::load_state_dict: '", key, "' belongs to no parameter of this optimizer");
+    LOOM_CHECK(found, op, ": '", key, "' belongs to no parameter of this optimizer");
   }
+  // An entry missing would silently restart that moment from zero: refuse it.
+  LOOM_CHECK(has_step, op, ": the state has no 'step' (incomplete optimizer state)");
+  for (size_t i = 0; i < params_.size(); ++i)
+    for (const std::string& name : state_names()) {
+      bool present = false;
+      for (const auto& [n, t] : loaded[i]) present = present || n == name;
+      LOOM_CHECK(present, op, ": the state has no '", params_[i].first, ".", name, "' (incomplete optimizer state)");
+    }
+  state_ = std::move(loaded);
+  steps_ = steps;
 }
 
 // ---- SGD ---------------------------------------------------------------------
@@ -79,6 +100,11 @@ SGD::SGD(NamedParams params, const SGDOptions& o) : Optimizer(std::move(params))
   LOOM_CHECK(o.lr >= 0 && o.momentum >= 0 && o.weight_decay >= 0, "SGD: lr, momentum and weight_decay must be >= 0");
   LOOM_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "SGD: nesterov needs momentum > 0 and dampening 0");
   lr_ = o.lr;
+}
+
+std::vector<std::string> SGD::state_names() const {
+  if (options.momentum > 0) return {"momentum_buffer"};
+  return {};
 }
 
 void SGD::step() {
@@ -116,6 +142,8 @@ Adam::Adam(NamedParams params, const AdamOptions& o, bool decoupled_)
 }
 
 AdamW::AdamW(NamedParams params, AdamOptions o) : Adam(std::move(params), o, true) {}
+
+std::vector<std::string> Adam::state_names() const { return {"exp_avg", "exp_avg_sq"}; }
 
 void Adam::step() {
   NoGradGuard no_grad;

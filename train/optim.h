@@ -52,9 +52,14 @@ class Optimizer {
   void set_lr(double lr) { lr_ = lr; }
   int64_t steps() const { return steps_; }
   // Everything needed to resume exactly: step count and per-parameter state,
-  // named "<param>.<state>" (e.g. "layers.0.1.to_q.weight.exp_avg").
+  // named "<param>.<state>" (e.g. "layers.0.1.to_q.weight.exp_avg"); every
+  // parameter has all of its state (zeros where no step has touched it yet).
+  // load_state_dict refuses a state with an entry missing, of the wrong
+  // shape or dtype, or belonging to no parameter.
   NamedParams state_dict() const;
   void load_state_dict(const NamedParams& state);
+  // The state each parameter has: {"exp_avg", "exp_avg_sq"} for Adam.
+  virtual std::vector<std::string> state_names() const = 0;
 
  protected:
   NamedParams params_;
@@ -68,6 +73,7 @@ class SGD : public Optimizer {
  public:
   SGD(NamedParams params, const SGDOptions& options = {});
   void step() override;
+  std::vector<std::string> state_names() const override;
   SGDOptions options;
 };
 
@@ -75,6 +81,7 @@ class Adam : public Optimizer {
  public:
   Adam(NamedParams params, const AdamOptions& options = {}, bool decoupled = false);
   void step() override;
+  std::vector<std::string> state_names() const override;
   AdamOptions options;
   bool decoupled;
 };

@@ -3,17 +3,19 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include <loom/core/autograd.h>
 #include <loom/core/error.h>
+#include <loom/core/io.h>
+#include <loom/core/json.h>
 #include <loom/core/safetensors.h>
 #include <loom/core/storage.h>
 #include <loom/models/autoregressive.h>
@@ -24,8 +26,28 @@ namespace loom {
 
 namespace {
 
-std::atomic<bool> interrupted{false};
-void on_sigint(int) { interrupted = true; }
+// The signal that asked the run to stop (SIGINT: Ctrl-C; SIGTERM: kill,
+// systemd, batch schedulers), 0 while none has.
+std::atomic<int> interrupted{0};
+void on_signal(int signum) { interrupted = signum; }
+
+// While alive, SIGINT and SIGTERM stop the run at the end of the current
+// step; the previous handlers come back however the run ends.
+struct StopSignals {
+  using Handler = void (*)(int);
+  Handler previous_int, previous_term;
+  StopSignals() {
+    interrupted = 0;
+    previous_int = std::signal(SIGINT, on_signal);
+    previous_term = std::signal(SIGTERM, on_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, previous_int);
+    std::signal(SIGTERM, previous_term);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+};
 
 using Clock = std::chrono::steady_clock;
 
@@ -48,6 +70,7 @@ void write_loss_svg(const std::string& path, const std::vector<Point>& train, co
   double lo = INFINITY, hi = -INFINITY;
   for (const auto* series : {&train, &val})
     for (const Point& p : *series) lo = std::min(lo, p.value), hi = std::max(hi, p.value);
+  if (!std::isfinite(lo) || !std::isfinite(hi)) lo = 0, hi = 1;  // no points yet
   if (!(hi > lo)) hi = lo + 1;
   auto x = [&](double step) { return L + (W - L - R) * step / double(std::max<int64_t>(1, total_steps)); };
   auto y = [&](double v) { return T + (H - T - B) * (hi - v) / (hi - lo); };
@@ -71,9 +94,7 @@ void write_loss_svg(const std::string& path, const std::vector<Point>& train, co
   line(val, "#ff7f0e");
   s << "<text x='" << W - R - 150 << "' y='" << T + 14 << "' fill='#1f77b4'>train</text>"
     << "<text x='" << W - R - 90 << "' y='" << T + 14 << "' fill='#ff7f0e'>held-out</text>\n</svg>\n";
-  const std::string tmp = path + ".tmp";
-  std::ofstream(tmp) << s.str();
-  std::filesystem::rename(tmp, path);
+  write_file_atomic(path, s.str(), "train");  // a full disk leaves the previous plot, not an empty file
 }
 
 }  // namespace
@@ -96,19 +117,129 @@ double evaluate_language_model(const LoadedModel& model, const std::vector<uint8
   return total / double(count);
 }
 
+
+namespace {
+
+// A loom checkpoint as stored: the safetensors file split into its parts,
+// with every metadata value checked.
+struct CheckpointFile {
+  std::string path, config_text;
+  int64_t step = 0;
+  uint64_t data_seed = 0, data_offset = 0, rng_seed = 0, rng_offset = 0;
+  NamedTensorList model, optim;
+};
+
+CheckpointFile read_checkpoint(const std::string& path) {
+  SafetensorsFile f = load_safetensors(path);
+  auto text = [&](const std::string& key) -> const std::string& {
+    auto it = f.metadata.find(key);
+    LOOM_CHECK(it != f.metadata.end(), "load_checkpoint: '", path, "' has no '", key,
+               "' in its metadata (not a complete loom training checkpoint)");
+    return it->second;
+  };
+  auto number = [&](const std::string& key, uint64_t max) {
+    const std::string& s = text(key);
+    uint64_t v = 0;
+    const auto [end, err] = std::from_chars(s.data(), s.data() + s.size(), v);
+    LOOM_CHECK(!s.empty() && err == std::errc() && end == s.data() + s.size() && v <= max, "load_checkpoint: '", path,
+               "': metadata '", key, "' must be an integer in [0, ", max, "], got \"", s, "\"");
+    return v;
+  };
+  LOOM_CHECK(text("format") == "loom-checkpoint-1", "load_checkpoint: '", path, "' has format \"", text("format"),
+             "\"; this loom reads \"loom-checkpoint-1\"");
+  CheckpointFile c;
+  c.path = path;
+  c.config_text = text("config");
+  c.step = int64_t(number("step", uint64_t(INT64_MAX)));
+  c.data_seed = number("data_seed", UINT64_MAX), c.data_offset = number("data_offset", UINT64_MAX);
+  c.rng_seed = number("rng_seed", UINT64_MAX), c.rng_offset = number("rng_offset", UINT64_MAX);
+  for (auto& [name, t] : f.tensors) {
+    if (name.rfind("model.", 0) == 0) c.model.emplace_back(name.substr(6), t);
+    else if (name.rfind("optim.", 0) == 0) c.optim.emplace_back(name.substr(6), t);
+    else fail("load_checkpoint: '", path, "': tensor '", name, "' is neither model.* nor optim.*");
+  }
+  return c;
+}
+
+// Where two JSON values first differ ("attn_layers.depth: 1 in the
+// checkpoint, 2 given"), or "" when they are equal. Keys are compared in
+// sorted order, so formatting and key order do not count.
+std::string first_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path) {
+  auto where = [&](const std::string& key) { return path.empty() ? key : path + "." + key; };
+  std::ostringstream d;
+  if (a.is_object() && b.is_object()) {
+    auto i = a.begin(), j = b.begin();
+    while (i != a.end() || j != b.end()) {
+      if (j == b.end() || (i != a.end() && i.key() < j.key())) {
+        d << "'" << where(i.key()) << "' is " << i.value().dump() << " in the checkpoint's config and absent from this one";
+        return d.str();
+      }
+      if (i == a.end() || j.key() < i.key()) {
+        d << "'" << where(j.key()) << "' is " << j.value().dump() << " in this config and absent from the checkpoint's";
+        return d.str();
+      }
+      if (std::string inner = first_difference(i.value(), j.value(), where(i.key())); !inner.empty()) return inner;
+      ++i, ++j;
+    }
+    return "";
+  }
+  if (a == b) return "";
+  d << "'" << (path.empty() ? "the config" : path) << "' is " << a.dump() << " in the checkpoint's config, " << b.dump()
+    << " in this one";
+  return d.str();
+}
+
+// The name of the first float32 tensor holding inf or NaN, or "".
+std::string first_nonfinite(const NamedTensorList& tensors) {
+  for (const auto& [name, t] : tensors) {
+    if (t.dtype() != kFloat32) continue;
+    Tensor c = t.detach().contiguous();
+    const float* x = c.data_ptr<float>();
+    for (int64_t e = 0; e < c.numel(); ++e)
+      if (!std::isfinite(x[e])) return name;
+  }
+  return "";
+}
+
+// Keeps the lines of metrics.jsonl up to `step` (a resumed run redoes the
+// later ones) and returns the curves they hold; rewrites the file, atomically,
+// only when it drops something.
+void resume_metrics(const std::string& path, int64_t step, std::vector<Point>& train, std::vector<Point>& val) {
+  if (!std::filesystem::exists(path)) return write_file_atomic(path, "", "train");
+  const std::string all = read_file(path, "train");
+  std::istringstream in(all);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer() ||
+        j["step"].get<int64_t>() > step)
+      continue;
+    kept += line + "\n";
+    const int64_t s = j["step"].get<int64_t>();
+    if (j.contains("loss") && j["loss"].is_number()) train.push_back({s, j["loss"].get<double>()});
+    if (j.contains("val_loss") && j["val_loss"].is_number()) val.push_back({s, j["val_loss"].get<double>()});
+  }
+  if (kept != all) write_file_atomic(path, kept, "train");
+}
+
+int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  LOOM_CHECK(!__builtin_mul_overflow(a, b, &r), "train: ", what, " (", a, " x ", b, ") overflows int64");
+  return r;
+}
+
+constexpr int64_t kMaxSkippedInARow = 10;
+
+}  // namespace
+
 Checkpoint load_checkpoint(const std::string& path_in) {
   const std::string path = std::filesystem::is_directory(path_in) ? path_in + "/checkpoint.safetensors" : path_in;
-  SafetensorsFile f = load_safetensors(path);
-  LOOM_CHECK(f.metadata.count("config") && f.metadata.count("step"), "load_checkpoint: '", path,
-             "' is not a loom training checkpoint (no config in its metadata)");
+  CheckpointFile f = read_checkpoint(path);
   Checkpoint c;
-  c.config_text = f.metadata.at("config");
-  c.step = std::stoll(f.metadata.at("step"));
+  c.config_text = f.config_text;
+  c.step = f.step;
   c.model = model_from_json(c.config_text, path + " (config)");
-  NamedTensorList weights;
-  for (auto& [name, t] : f.tensors)
-    if (name.rfind("model.", 0) == 0) weights.emplace_back(name.substr(6), t);
-  c.model.module().load_state_dict(weights);
+  c.model.module().load_state_dict(f.model);
   return c;
 }
 
@@ -119,11 +250,28 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
              "train: language-model training needs a TransformerWrapper with a Decoder");
   LOOM_CHECK(model.transformer->config.num_tokens >= 256, "train: byte-level text needs num_tokens >= 256, the config has ",
              model.transformer->config.num_tokens);
-  LOOM_CHECK(tc.steps > 0 && tc.batch_size > 0 && tc.seq_len > 0 && tc.grad_accum > 0,
-             "train: steps, batch size, sequence length and grad_accum must be positive");
+  for (auto [name, value] : {std::pair{"steps", tc.steps}, {"batch_size", tc.batch_size}, {"seq_len", tc.seq_len},
+                             {"grad_accum", tc.grad_accum}, {"eval_every", tc.eval_every},
+                             {"eval_batches", tc.eval_batches}, {"checkpoint_every", tc.checkpoint_every},
+                             {"log_every", tc.log_every}})
+    LOOM_CHECK(value >= 1, "train: ", name, " must be >= 1, got ", value);
+  LOOM_CHECK(tc.warmup_steps >= 0 && tc.stop_after >= 0, "train: warmup_steps and stop_after must be >= 0, got ",
+             tc.warmup_steps, " and ", tc.stop_after);
+  for (auto [name, value] : {std::pair{"lr", tc.lr}, {"min_lr", tc.min_lr}, {"weight_decay", tc.weight_decay},
+                             {"grad_clip", tc.grad_clip}})
+    LOOM_CHECK(std::isfinite(value) && value >= 0, "train: ", name, " must be a finite number >= 0, got ", value);
   const int64_t max_len = model.transformer->abs_pos_emb ? model.transformer->config.max_seq_len : INT64_MAX;
   LOOM_CHECK(tc.seq_len <= max_len, "train: seq_len ", tc.seq_len, " exceeds the model's max_seq_len ", max_len);
-  fs::create_directories(tc.out_dir);
+  LOOM_CHECK(tc.seq_len < int64_t(corpus.train.size()), "train: seq_len ", tc.seq_len, " needs more than ", tc.seq_len,
+             " bytes of training text, the corpus has ", corpus.train.size());
+  LOOM_CHECK(tc.seq_len < int64_t(corpus.val.size()), "train: seq_len ", tc.seq_len, " needs more than ", tc.seq_len,
+             " bytes of held-out text, the corpus has ", corpus.val.size());
+  const int64_t tokens_per_step =
+      checked_mul(checked_mul(tc.batch_size, tc.seq_len, "batch_size x seq_len"), tc.grad_accum, "tokens per step");
+  const int64_t eval_windows = checked_mul(tc.eval_batches, tc.batch_size, "eval_batches x batch_size");
+  std::error_code ec;
+  fs::create_directories(tc.out_dir, ec);
+  LOOM_CHECK(!ec, "train: cannot create the folder '", tc.out_dir, "': ", ec.message());
   const std::string ckpt_path = tc.out_dir + "/checkpoint.safetensors", metrics_path = tc.out_dir + "/metrics.jsonl";
 
   nn::Module& net = model.module();
@@ -134,60 +282,62 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   Generator data_gen(tc.seed);
   manual_seed(tc.seed + 1);  // dropout
   int64_t step = 0;
+  int64_t saved_step = -1;  // the step of the checkpoint on disk from this run (or the one resumed), -1: none
   std::vector<Point> train_curve, val_curve;
 
   if (resume) {
     LOOM_CHECK(fs::exists(ckpt_path), "train: --resume given but '", ckpt_path, "' does not exist");
-    SafetensorsFile f = load_safetensors(ckpt_path);
-    NamedTensorList weights, optim;
-    for (auto& [name, t] : f.tensors) {
-      if (name.rfind("model.", 0) == 0) weights.emplace_back(name.substr(6), t);
-      if (name.rfind("optim.", 0) == 0) optim.emplace_back(name.substr(6), t);
-    }
-    net.load_state_dict(weights);
-    opt.load_state_dict(optim);
-    step = std::stoll(f.metadata.at("step"));
-    data_gen = Generator(std::stoull(f.metadata.at("data_seed")));
-    data_gen.set_offset(std::stoull(f.metadata.at("data_offset")));
-    default_generator() = Generator(std::stoull(f.metadata.at("rng_seed")));
-    default_generator().set_offset(std::stoull(f.metadata.at("rng_offset")));
-    // Keep the metrics of the steps the checkpoint covers, drop any later ones.
-    std::ifstream in(metrics_path);
-    std::string line, kept;
-    while (std::getline(in, line)) {
-      auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded() || j.value("step", int64_t(0)) > step) continue;
-      kept += line + "\n";
-      if (j.contains("loss")) train_curve.push_back({j["step"].get<int64_t>(), j["loss"].get<double>()});
-      if (j.contains("val_loss")) val_curve.push_back({j["step"].get<int64_t>(), j["val_loss"].get<double>()});
-    }
-    std::ofstream(metrics_path, std::ios::trunc) << kept;
+    CheckpointFile f = read_checkpoint(ckpt_path);
+    // Resuming with another model (or another dropout, or ...) would silently
+    // train something that is neither run: the configs must be the same.
+    const std::string diff = first_difference(parse_json(f.config_text, ckpt_path + " (config)"),
+                                              parse_json(config_text, "train: the config"), "");
+    LOOM_CHECK(diff.empty(), "train: cannot resume from '", ckpt_path, "' with a different config: ", diff,
+               " (resume with the config the run started with, or train into a new --out)");
+    net.load_state_dict(f.model);
+    opt.load_state_dict(f.optim);
+    LOOM_CHECK(opt.steps() <= f.step, "train: '", ckpt_path, "' holds an optimizer at step ", opt.steps(),
+               " but a run at step ", f.step);
+    step = f.step;
+    saved_step = f.step;
+    data_gen = Generator(f.data_seed);
+    data_gen.set_offset(f.data_offset);
+    default_generator() = Generator(f.rng_seed);
+    default_generator().set_offset(f.rng_offset);
+    resume_metrics(metrics_path, step, train_curve, val_curve);
   } else {
-    std::ofstream(metrics_path, std::ios::trunc);
+    write_file_atomic(metrics_path, "", "train");
   }
 
+  // Why a run stopped without saving: what is on disk is still good.
+  auto kept = [&] {
+    return saved_step >= 0 ? "the checkpoint of step " + std::to_string(saved_step) + " in '" + ckpt_path + "' is kept"
+                           : std::string("no checkpoint was written");
+  };
   auto save = [&] {
     NamedTensorList all;
     for (auto& [name, t] : net.state_dict()) all.emplace_back("model." + name, t);
     for (auto& [name, t] : opt.state_dict()) all.emplace_back("optim." + name, t);
+    const std::string bad = first_nonfinite(all);
+    LOOM_CHECK(bad.empty(), "train: '", bad, "' holds inf or NaN at step ", step, "; stopped without saving (", kept(), ")");
     save_safetensors(ckpt_path, all,
                      {{"config", config_text}, {"step", std::to_string(step)},
                       {"data_seed", std::to_string(data_gen.seed())}, {"data_offset", std::to_string(data_gen.offset())},
                       {"rng_seed", std::to_string(default_generator().seed())},
                       {"rng_offset", std::to_string(default_generator().offset())}, {"format", "loom-checkpoint-1"}});
+    saved_step = step;
   };
 
-  interrupted = false;
-  auto previous_handler = std::signal(SIGINT, on_sigint);
+  StopSignals signals;
   const bool tty = isatty(STDOUT_FILENO);
-  std::ofstream metrics(metrics_path, std::ios::app);
+  AppendFile metrics(metrics_path, "train");
   TrainResult result;
   const auto start = Clock::now();
   const int64_t first_step = step;
   double step_seconds = 0;
   reset_peak_memory_stats();
   double tokens = 0;
-  const int64_t eval_windows = tc.eval_batches * tc.batch_size;
+  int64_t skipped_in_a_row = 0;
 
   const int64_t last_step = tc.stop_after > 0 ? std::min(tc.steps, step + tc.stop_after) : tc.steps;
   while (step < last_step && !interrupted) {
@@ -200,19 +350,42 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
       Tensor loss = ar.loss(batch);
       (tc.grad_accum > 1 ? loss / float(tc.grad_accum) : loss).backward();
       loss_sum += loss.item<float>();
-      tokens += double(tc.batch_size * tc.seq_len);
     }
-    if (tc.grad_clip > 0) clip_grad_norm(net.parameters(), tc.grad_clip);
-    opt.step();
-    ++step;
-    step_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
+    tokens += double(tokens_per_step);
     const double loss = loss_sum / double(tc.grad_accum);
-    result.train_loss = loss;
+    const double grad_norm = clip_grad_norm(net.parameters(), tc.grad_clip > 0 ? tc.grad_clip : INFINITY);
+    ++step;
+    // A non-finite loss or gradient would turn every weight into NaN at the
+    // update: stop (or skip the step) before it.
+    const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
+    if (finite) {
+      opt.step();
+      skipped_in_a_row = 0;
+      result.train_loss = loss;
+    } else {
+      const double bad = std::isfinite(loss) ? grad_norm : loss;
+      std::ostringstream what;
+      what << (std::isfinite(loss) ? "the gradient norm is " : "the loss is ")
+           << (std::isnan(bad) ? "NaN" : bad > 0 ? "inf" : "-inf");
+      if (!tc.skip_nonfinite)
+        fail("train: ", what.str(), " at step ", step, "; stopped without saving (", kept(),
+             "). Lower the learning rate, or skip such steps (skip_nonfinite, loom train --skip-nonfinite)");
+      metrics.append(nlohmann::json{{"step", step}, {"skipped", what.str()}}.dump() + "\n");
+      if (!tc.quiet)
+        std::printf("%sstep %lld skipped: %s\n", tty ? "\n" : "", static_cast<long long>(step), what.str().c_str());
+      ++result.skipped_steps;
+      LOOM_CHECK(++skipped_in_a_row < kMaxSkippedInARow, "train: ", kMaxSkippedInARow,
+                 " steps in a row had a non-finite loss or gradient norm (the last at step ", step, ": ", what.str(),
+                 "); stopped (", kept(), ")");
+    }
+    step_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     const double tok_s = tokens / std::max(elapsed, 1e-9);
     const double eta = elapsed / double(step - first_step) * double(tc.steps - step);
-    if (step % tc.log_every == 0 || step == tc.steps) {
-      metrics << nlohmann::json{{"step", step}, {"loss", loss}, {"lr", opt.lr()}, {"tokens_per_s", tok_s}}.dump() << "\n";
+    if (finite && (step % tc.log_every == 0 || step == tc.steps)) {
+      // One write per line, straight to the file: a kill -9 loses none of them.
+      metrics.append(nlohmann::json{{"step", step}, {"loss", loss}, {"lr", opt.lr()}, {"tokens_per_s", tok_s}}.dump() +
+                     "\n");
       train_curve.push_back({step, loss});
       if (!tc.quiet && !tty)
         std::printf("step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  eta %s\n", static_cast<long long>(step),
@@ -222,15 +395,15 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
       const int width = 30, done = int(width * step / tc.steps);
       std::printf("\r[%s%s] %lld/%lld  loss %.4f  %.0f tok/s  eta %s   ", std::string(size_t(done), '#').c_str(),
                   std::string(size_t(width - done), '.').c_str(), static_cast<long long>(step),
-                  static_cast<long long>(tc.steps), loss, tok_s, format_eta(eta).c_str());
+                  static_cast<long long>(tc.steps), result.train_loss, tok_s, format_eta(eta).c_str());
     }
     if (step % tc.eval_every == 0 || step == tc.steps) {
       result.val_loss = evaluate_language_model(model, corpus.val, tc.seq_len, eval_windows);
-      val_curve.push_back({step, result.val_loss});
-      metrics << nlohmann::json{{"step", step}, {"val_loss", result.val_loss}, {"val_bpc", result.val_loss / std::log(2.0)}}
-                     .dump()
-              << "\n";
-      metrics.flush();
+      metrics.append(
+          nlohmann::json{{"step", step}, {"val_loss", result.val_loss}, {"val_bpc", result.val_loss / std::log(2.0)}}
+              .dump() +
+          "\n");
+      if (std::isfinite(result.val_loss)) val_curve.push_back({step, result.val_loss});
       if (!tc.quiet)
         std::printf("%sstep %lld  held-out loss %.4f  (%.3f bits per character)\n", tty ? "\n" : "",
                     static_cast<long long>(step), result.val_loss, result.val_loss / std::log(2.0));
@@ -240,12 +413,14 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
     std::fflush(stdout);
   }
   if (interrupted) {
-    save();
-    if (!tc.quiet) std::printf("\ninterrupted: checkpoint saved at step %lld\n", static_cast<long long>(step));
+    if (saved_step != step) save();
+    if (!tc.quiet)
+      std::printf("\ninterrupted by %s: checkpoint saved at step %lld\n", interrupted == SIGTERM ? "SIGTERM" : "SIGINT",
+                  static_cast<long long>(step));
   }
-  std::signal(SIGINT, previous_handler);
   result.step = step;
-  result.interrupted = interrupted;
+  result.interrupted = interrupted != 0;
+  result.signal = interrupted;
   result.seconds_per_step = step_seconds / double(std::max<int64_t>(1, step - first_step));
   result.peak_memory_bytes = max_memory_allocated();
   return result;

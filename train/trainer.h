@@ -2,8 +2,12 @@
 // warm-up and cosine decay, gradient clipping and accumulation, a progress
 // bar (plain log lines when stdout is not a terminal), periodic evaluation,
 // a metrics log (metrics.jsonl), a loss plot drawn by loom (loss.svg), and
-// checkpoints written atomically every N steps, at the end and on Ctrl-C.
-// A resumed run continues with exactly the losses of an uninterrupted one.
+// checkpoints written atomically every N steps, at the end and on Ctrl-C or
+// SIGTERM. A resumed run continues with exactly the losses of an
+// uninterrupted one. A non-finite loss or gradient norm stops the run
+// before it reaches the weights (or, with skip_nonfinite, skips that step);
+// a failed write stops it with errno's reason. Either way every file
+// written before is left as it was.
 #pragma once
 
 #include <string>
@@ -31,12 +35,18 @@ struct TrainConfig {
   std::string out_dir = "runs/loom";
   int64_t stop_after = 0;  // stop (with a checkpoint) after this many steps of this run; 0 = run to `steps`
   bool quiet = false;      // no progress output (tests)
+  // A step whose loss or gradient norm is inf or NaN: false stops the run
+  // with an error; true skips the step (no update; logged as
+  // {"step": N, "skipped": "..."}), and stops only after 10 in a row.
+  bool skip_nonfinite = false;
 };
 
 struct TrainResult {
   int64_t step = 0;  // steps done in all
   double train_loss = 0, val_loss = 0;
   bool interrupted = false;
+  int signal = 0;                    // SIGINT or SIGTERM when interrupted
+  int64_t skipped_steps = 0;         // with skip_nonfinite: steps not applied
   double seconds_per_step = 0;       // wall time of this run's steps (evaluations excluded)
   int64_t peak_memory_bytes = 0;     // largest tensor memory in use during this run
 };
@@ -53,6 +63,8 @@ double evaluate_language_model(const LoadedModel& model, const std::vector<uint8
                                int64_t windows);
 
 // A checkpoint: the model's JSON config and weights, and the training state.
+// A file that is not a complete loom checkpoint (missing or malformed
+// metadata such as a step "-5") throws loom::Error naming the key.
 struct Checkpoint {
   std::string config_text;
   LoadedModel model;
