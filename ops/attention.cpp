@@ -69,7 +69,11 @@ struct Problem {
   int64_t B = 0, H = 0, G = 0, I = 0, J = 0, D = 0, Dv = 0;
   float scale = 1;
   const float *q = nullptr, *k = nullptr, *v = nullptr;  // contiguous
-  const float *kT = nullptr, *vT = nullptr;  // k and v transposed once per call: [B, G, D, J], [B, G, Dv, J]
+  // k and v transposed once per call, [B, G, D, JT] and [B, G, Dv, JT]. The
+  // row stride JT is J padded past a multiple of 16 floats: with J a power of
+  // two the 64 rows of a tile's Kᵀ would all map to the same few L1 sets.
+  const float *kT = nullptr, *vT = nullptr;
+  int64_t JT = 0;
   Tensor mask_t, bias_t;                                 // kept alive for the views
   View4 mask, bias;
   bool has_mask = false, has_bias = false, causal = false;
@@ -88,6 +92,20 @@ struct Problem {
   }
 };
 
+// [B, G, J, D] -> [B, G, D, JT], the columns past J unused (zero).
+Tensor transpose_padded(const Tensor& x, int64_t JT) {
+  const int64_t B = x.size(0), G = x.size(1), J = x.size(2), D = x.size(3);
+  Tensor t = zeros({B, G, D, JT});
+  const float* src = x.data_ptr<float>();
+  float* dst = t.data_ptr<float>();
+  parallel_for(B * G, J * D, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u)
+      for (int64_t j = 0; j < J; ++j)
+        for (int64_t d = 0; d < D; ++d) dst[(u * D + d) * JT + j] = src[(u * J + j) * D + d];
+  });
+  return t;
+}
+
 // Per-thread scratch for one tile: logits (later dS) and weights.
 struct Tile {
   std::vector<float> S, P;
@@ -102,8 +120,8 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
   const kernels::Table& k = kernels::table();
   const int64_t nr = r1 - r0, nc = c1 - c0;
   const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-  const float* KT = p.kT + (b * p.G + p.kv_head(h)) * p.D * p.J + c0;  // columns c0.. of Kᵀ
-  k.gemm(Q, p.D, 1, KT, p.J, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+  const float* KT = p.kT + (b * p.G + p.kv_head(h)) * p.D * p.JT + c0;  // columns c0.. of Kᵀ
+  k.gemm(Q, p.D, 1, KT, p.JT, t.S.data(), nc, nr, nc, p.D, p.scale, false);
   for (int64_t r = 0; r < nr; ++r) {
     float* row = t.S.data() + r * nc;
     const int64_t R = r0 + r;
@@ -180,9 +198,7 @@ void forward(const Problem& p, float* out, float* lse) {
             continue;
           }
           const float alpha = std::exp(m[size_t(r)] - m_new);  // rescales what was summed so far
-          k.softmax_minus(s, m_new, 1.0f, 0.0f, pr, nc);       // exp(s − m_new)
-          float rowsum = 0;
-          for (int64_t c = 0; c < nc; ++c) rowsum += pr[c];
+          const float rowsum = k.exp_sum(s, m_new, pr, nc);    // pr = exp(s − m_new), one vector pass
           l[size_t(r)] = l[size_t(r)] * alpha + rowsum;
           m[size_t(r)] = m_new;
           if (alpha != 1.0f)
@@ -243,10 +259,11 @@ struct Grad {
   const float* dS0 = nullptr;     // selective: extra gradient of head 0's logits, [B, I, J]
 };
 
-// For one tile: P (with dropout: the dropped weights Pd in t.T), and dS = P ∘ (dP − Δ)
-// in t.S, where dP is taken through the dropout mask.
-void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, int64_t r0, int64_t r1, int64_t c0,
-               int64_t c1, std::vector<float>& Pd) {
+// For one tile: P in t.P, and dS = P ∘ (dP − Δ) in t.S, where dP is taken
+// through the dropout mask. Returns the weights dV needs: t.P, or with
+// dropout the dropped weights, written to Pd.
+const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, int64_t r0, int64_t r1,
+                       int64_t c0, int64_t c1, std::vector<float>& Pd) {
   const kernels::Table& k = kernels::table();
   const int64_t nr = r1 - r0, nc = c1 - c0;
   logits_tile(p, t, b, h, r0, r1, c0, c1, true);
@@ -256,10 +273,16 @@ void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, i
     if (std::isnan(L[r])) masked_to_zero(t.S.data() + r * nc, t.P.data() + r * nc, nc);
   }
   // dP = dO Vᵀ
-  const float* VT = p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.J + c0;
+  const float* VT = p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.JT + c0;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
-  k.gemm(dO, p.Dv, 1, VT, p.J, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
+  k.gemm(dO, p.Dv, 1, VT, p.JT, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
+  const bool extra = g.dS0 && h == 0;
+  if (p.dropout == 0 && !extra) {  // the common case: one vector pass per row, in place
+    for (int64_t r = 0; r < nr; ++r)
+      k.softmax_grad(t.P.data() + r * nc, t.S.data() + r * nc, delta[r], t.S.data() + r * nc, nc);
+    return t.P.data();
+  }
   for (int64_t r = 0; r < nr; ++r)
     for (int64_t c = 0; c < nc; ++c) {
       const size_t e = size_t(r * nc + c);
@@ -268,9 +291,10 @@ void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, i
       // Where the weight is 0 (masked, or a row that sees nothing) the
       // gradient is exactly 0, also when dP is NaN from a NaN in v.
       float ds = t.P[e] == 0.0f ? 0.0f : t.P[e] * (t.S[e] * keep - delta[r]);
-      if (g.dS0 && h == 0) ds += g.dS0[(b * p.I + r0 + r) * p.J + c0 + c];
+      if (extra) ds += g.dS0[(b * p.I + r0 + r) * p.J + c0 + c];
       t.S[e] = ds;
     }
+  return Pd.data();
 }
 
 // Pass A: dQ (and dbias), one unit per query block of the dims dbias does not repeat over.
@@ -324,11 +348,11 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
         for (int64_t qb = 0; qb < qblocks; ++qb) {
           const int64_t r0 = qb * kBlock, r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
           if (key_end(p, r1) <= c0) continue;  // causal: this key block is invisible to these queries
-          grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+          const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
           const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
           const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
           // The transposed tiles are read through strides (row step 1, column step nc).
-          k.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);       // dV += Pdᵀ dO
+          k.gemm(W, 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);       // dV += Pdᵀ dO
           k.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);       // dK += scale dSᵀ Q
         }
     }
@@ -363,10 +387,10 @@ void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float
           for (int64_t qb = 0; qb < qblocks; ++qb) {
             const int64_t r0 = qb * kBlock, r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
             if (key_end(p, r1) <= c0) continue;  // causal: this key block is invisible to these queries
-            grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+            const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
             const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
             const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-            k.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
+            k.gemm(W, 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
             k.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);  // dK += scale dSᵀ Q
             float* dQ = dq + ((b * p.H + h) * p.I + r0) * p.D;
             k.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
@@ -483,11 +507,8 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   p->G = k.size(1), p->J = k.size(2), p->Dv = v.size(3);
   p->scale = float(o.scale.value_or(1.0 / std::sqrt(double(p->D))));
   p->q = q.data_ptr<float>(), p->k = k.data_ptr<float>(), p->v = v.data_ptr<float>();
-  Tensor kT, vT;  // transposed once, so tiles read Kᵀ and Vᵀ rows directly
-  {
-    NoGradGuard no_grad;
-    kT = k.detach().transpose(2, 3).contiguous(), vT = v.detach().transpose(2, 3).contiguous();
-  }
+  p->JT = (p->J + 15) / 16 * 16 + 16;
+  Tensor kT = transpose_padded(k, p->JT), vT = transpose_padded(v, p->JT);  // tiles read Kᵀ, Vᵀ rows directly
   p->kT = kT.data_ptr<float>(), p->vT = vT.data_ptr<float>();
   p->causal = o.causal;
   p->offset = p->J - p->I;

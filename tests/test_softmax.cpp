@@ -112,12 +112,14 @@ TEST_CASE("attention's row kernels: exp_sum and softmax_grad against double, the
     x[size_t(n / 2)] = -INFINITY;  // a masked logit: weight 0
     const float shift = 1.5f;
     std::vector<float> dP = randn({n}, g).to_vector<float>(), P = rand({n}, g).to_vector<float>();
+    P[size_t(n / 2)] = 0.0f;  // a masked key's weight: its gradient is 0 even where dP is NaN
+    dP[size_t(n / 2)] = NAN;
     double want_sum = 0;
     std::vector<double> want_y, want_ds;
     for (int64_t i = 0; i < n; ++i) {
       want_y.push_back(std::exp(double(x[size_t(i)]) - shift));
       want_sum += want_y.back();
-      want_ds.push_back(double(P[size_t(i)]) * (double(dP[size_t(i)]) - 0.25));
+      want_ds.push_back(P[size_t(i)] == 0.0f ? 0.0 : double(P[size_t(i)]) * (double(dP[size_t(i)]) - 0.25));
     }
     std::vector<std::vector<float>> ys;
     std::vector<float> sums;
@@ -131,6 +133,7 @@ TEST_CASE("attention's row kernels: exp_sum and softmax_grad against double, the
       CHECK(sums.back() == doctest::Approx(want_sum).epsilon(1e-6));
       kernels::table().softmax_grad(P.data(), dP.data(), 0.25f, ds.data(), n);
       CHECK(close_or_same(ds, want_ds, 1e-7, 1e-6));
+      CHECK(ds[size_t(n / 2)] == 0.0f);
     });
     for (size_t i = 1; i < sums.size(); ++i) CHECK(sums[i] == sums[0]);
   }

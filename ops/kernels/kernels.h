@@ -67,7 +67,9 @@ struct Table {
   // order: the same on every ISA): an online-softmax row's weights and their
   // sum in one pass (ops/attention.cpp).
   float (*exp_sum)(const float* x, float shift, float* y, int64_t n);
-  // dS = P * (dP - delta): softmax's backward inside an attention tile.
+  // dS = P * (dP - delta), exactly 0 where P is 0 (a masked key's gradient
+  // stays 0 even when dP is NaN): softmax's backward inside an attention tile.
+  // dS may be dP (in place).
   void (*softmax_grad)(const float* P, const float* dP, float delta, float* dS, int64_t n);
 
   // One row of layer_norm (rms = false) or rms_norm (rms = true):

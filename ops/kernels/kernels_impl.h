@@ -353,8 +353,12 @@ void softmax_grad(const float* P, const float* dP, float delta, float* dS, int64
   constexpr int64_t W = B::size;
   const B d(delta);
   int64_t i = 0;
-  for (; i + W <= n; i += W) (B::load_unaligned(P + i) * (B::load_unaligned(dP + i) - d)).store_unaligned(dS + i);
-  for (; i < n; ++i) dS[i] = P[i] * (dP[i] - delta);
+  const B zero(0.0f);
+  for (; i + W <= n; i += W) {
+    const B p = B::load_unaligned(P + i);
+    xsimd::select(p == zero, zero, p * (B::load_unaligned(dP + i) - d)).store_unaligned(dS + i);
+  }
+  for (; i < n; ++i) dS[i] = P[i] == 0.0f ? 0.0f : P[i] * (dP[i] - delta);
 }
 
 // sum((x - c)^2) over a row, in float batches.
