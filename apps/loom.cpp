@@ -10,6 +10,7 @@
 // non-zero exit code (2 for bad usage, 1 for everything else).
 #include <loom/loom.h>
 #include <loom/core/io.h>
+#include <loom/core/parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -325,6 +326,7 @@ int forward(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  loom::openmp_wait_defaults(argv);  // robust on a busy machine (core/parallel.h)
   const std::string command = argc > 1 ? argv[1] : "";
   const char* usage = command == "train"      ? kTrainUsage
                       : command == "generate" ? kGenerateUsage

@@ -6,6 +6,8 @@
 
 #include <omp.h>
 
+#include <loom/core/parallel.h>
+
 #include "bench.h"
 
 namespace loom::bench {
@@ -44,6 +46,7 @@ void Reporter::finish() {
 }  // namespace loom::bench
 
 int main(int argc, char** argv) {
+  loom::openmp_wait_defaults(argv);  // measure what the loom CLI runs with (core/parallel.h)
   using namespace loom::bench;
   const Suite suites[] = {
       {"ops", "elementwise, reductions, matmul, linear, softmax, layer_norm, cross_entropy", ops_suite},

@@ -41,4 +41,19 @@ void parallel_for(int64_t n, int64_t work_per_item, F&& f) {
   }
 }
 
+// How idle OpenMP threads wait. By default they spin for a long while
+// (libgomp: ~300 000 rounds), using their core's full fair share: when another
+// process holds one of the cores, the thread that shares it with that process
+// is the last to reach every fork/join, and all the others wait up to a
+// scheduler timeslice for it each time (the char-LM step ran 18x slower).
+// Passive threads sleep at once and are woken promptly (the scheduler favours
+// sleepers). Measured with `loom-bench train --filter charlm` (docs/performance.md).
+//
+// Call first thing in main(argv): if neither OMP_WAIT_POLICY nor
+// GOMP_SPINCOUNT nor KMP_BLOCKTIME is set, re-executes the program with
+// OMP_WAIT_POLICY=passive (runtimes read it once, when loaded);
+// LOOM_KEEP_OPENMP_WAIT=1 skips this. The loom CLI, loom-bench and the
+// examples do; a program linking loom may do the same or set it itself.
+void openmp_wait_defaults(char** argv);
+
 }  // namespace loom

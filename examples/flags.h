@@ -15,11 +15,14 @@
 #include <string>
 #include <vector>
 
+#include <loom/core/parallel.h>
+
 namespace loom_example {
 
 class Flags {
  public:
   Flags(int argc, char** argv, std::string usage) : usage_(std::move(usage)) {
+    loom::openmp_wait_defaults(argv);  // as the loom CLI: robust on a busy machine (core/parallel.h)
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
       if (a == "--help" || a == "-h") {
