@@ -259,11 +259,8 @@ Tensor apply_rotary_pos_emb(const Tensor& t, const Tensor& freqs_in, const Tenso
              " cannot rotate t ", t.sizes(), " (needs an even rotary dim <= ", d, " and at least ", n, " positions)");
   LOOM_CHECK(!scale_in.defined() || scale_in.sizes() == freqs_in.sizes(), "apply_rotary_pos_emb: scale ",
              scale_in.sizes(), " must match freqs ", freqs_in.sizes());
-  // Right-align the angles to t's n positions; broadcast over heads.
-  auto align = [&](const Tensor& f) {
-    Tensor a = f.narrow(-2, f.size(-2) - n, n);
-    return t.dim() == 4 && a.dim() == 3 ? a.unsqueeze(1) : a;
-  };
+  // Right-align the angles to t's n positions (ops/rotary.h shares them over heads).
+  auto align = [&](const Tensor& f) { return f.narrow(-2, f.size(-2) - n, n); };
   Tensor freqs = align(freqs_in);
   Tensor cos = map_no_grad("apply_rotary_pos_emb", freqs, [](float x) { return std::cos(x); });
   Tensor sin = map_no_grad("apply_rotary_pos_emb", freqs, [](float x) { return std::sin(x); });
@@ -272,15 +269,7 @@ Tensor apply_rotary_pos_emb(const Tensor& t, const Tensor& freqs_in, const Tenso
     cos = cos * scale;
     sin = sin * scale;
   }
-  Tensor x = t.narrow(-1, 0, rot);
-  // rotate_half: (x_2k, x_2k+1) -> (-x_2k+1, x_2k)
-  Shape pairs = x.sizes();
-  pairs.back() = rot / 2;
-  pairs.push_back(2);
-  Tensor xp = x.reshape(pairs);
-  Tensor rotated = stack({-xp.select(-1, 1), xp.select(-1, 0)}, -1).flatten(-2);
-  Tensor out = x * cos + rotated * sin;
-  return rot == d ? out : cat({out, t.narrow(-1, rot, d - rot)}, -1);
+  return rotary(t, cos, sin);
 }
 
 // ---- Absolute positions ----------------------------------------------------

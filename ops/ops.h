@@ -12,5 +12,6 @@
 #include <loom/ops/matmul.h>
 #include <loom/ops/norm.h>
 #include <loom/ops/reduce.h>
+#include <loom/ops/rotary.h>
 #include <loom/ops/shape.h>
 #include <loom/ops/softmax.h>

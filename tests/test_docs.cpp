@@ -119,8 +119,9 @@ std::map<std::string, std::string> sample_regions() {
   return out;
 }
 
-const std::vector<std::string> kDocs = {"README.md",          "docs/attention.md", "docs/autograd.md", "docs/models.md",
-                                        "docs/ops.md",        "docs/training.md",  "nn/README.md",     "models/README.md",
+const std::vector<std::string> kDocs = {"README.md",        "docs/attention.md", "docs/autograd.md",
+                                        "docs/models.md",   "docs/ops.md",       "docs/training.md",
+                                        "docs/performance.md", "nn/README.md",   "models/README.md",
                                         "docs/samples/README.md"};
 }  // namespace
 

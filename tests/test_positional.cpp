@@ -315,6 +315,15 @@ TEST_CASE("apply_rotary_pos_emb: right-aligned angles, gradient, errors") {
         apply_rotary_pos_emb(x, rot.forward(arange(6, 9)).freqs).to_vector<float>());
   CHECK_GRADCHECK([&](const Inputs& in) { return apply_rotary_pos_emb(in[0], freqs); },
                   {randn({2, 3, 8}, g).requires_grad_()});
+  // Per-sample angles shared over heads, xpos scales, 6 of 8 features rotated (the fused op's layouts).
+  RotaryEmbedding xrot({.dim = 6, .use_xpos = true, .scale_base = 8});
+  RotaryEmbedding::Output per = xrot.forward(tensor(std::vector<float>{0, 2, 5, 1, 3, 4}).reshape({2, 3}));
+  CHECK_GRADCHECK([&](const Inputs& in) { return apply_rotary_pos_emb(in[0], per.freqs, per.scale); },
+                  {randn({2, 2, 3, 8}, g).requires_grad_()});
+  CHECK_THROWS_WITH_AS(rotary(randn({3, 2, 3, 8}, g), per.freqs, per.freqs),
+                       "rotary: cos [2, 3, 6] cannot rotate x [3, 2, 3, 8] (needs an even rot <= d, n positions and a "
+                       "batch of 1 or x's)",
+                       Error);
   CHECK_THROWS_WITH_AS(apply_rotary_pos_emb(randn({2, 3, 4}, g), freqs),
                        "apply_rotary_pos_emb: freqs [1, 9, 6] cannot rotate t [2, 3, 4] (needs an even rotary dim <= 4 "
                        "and at least 3 positions)",
