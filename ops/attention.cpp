@@ -33,6 +33,7 @@
 #include <cstring>
 #include <vector>
 
+#include <loom/core/autocast.h>
 #include <loom/core/autograd.h>
 #include <loom/core/parallel.h>
 #include <loom/ops/attention.h>
@@ -78,6 +79,9 @@ struct Problem {
   float dropout = 0;
   Generator gen;  // seed and first block of this call's dropout numbers
   uint64_t first_block = 0;
+  // The tile product: float32, or under autocast on a CPU with AVX512-BF16
+  // bfloat16 inputs with float32 sums (the backward uses the forward's).
+  decltype(kernels::Table::gemm) gemm = nullptr, gemm32 = nullptr;
 
   int64_t kv_head(int64_t h) const { return h % G; }
   // The dropout keep factor for weight (b, h, r, c): 0 or 1 / (1 − p).
@@ -99,11 +103,13 @@ struct Tile {
 // attention computes its gate from.
 void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                  bool with_F) {
-  const kernels::Table& k = kernels::table();
   const int64_t nr = r1 - r0, nc = c1 - c0;
   const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
   const float* KT = p.kT + (b * p.G + p.kv_head(h)) * p.D * p.J + c0;  // columns c0.. of Kᵀ
-  k.gemm(Q, p.D, 1, KT, p.J, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+  // The selective gate's logits (with_F false) stay float32 under autocast:
+  // its running sum F grows over the rows and would carry their rounding
+  // into every later weight.
+  (with_F ? p.gemm : p.gemm32)(Q, p.D, 1, KT, p.J, t.S.data(), nc, nr, nc, p.D, p.scale, false);
   for (int64_t r = 0; r < nr; ++r) {
     float* row = t.S.data() + r * nc;
     const int64_t R = r0 + r;
@@ -191,7 +197,7 @@ void forward(const Problem& p, float* out, float* lse) {
             for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
         }
         const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
-        k.gemm(t.P.data(), nc, 1, V, p.Dv, O, p.Dv, nr, p.Dv, nc, 1.0f, true);  // O += P V
+        p.gemm(t.P.data(), nc, 1, V, p.Dv, O, p.Dv, nr, p.Dv, nc, 1.0f, true);  // O += P V
       }
       for (int64_t r = 0; r < nr; ++r) {
         // A row that saw no key (m still −∞) is exact zeros, with lse +∞ so
@@ -258,7 +264,7 @@ void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, i
   // dP = dO Vᵀ
   const float* VT = p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.J + c0;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
-  k.gemm(dO, p.Dv, 1, VT, p.J, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
+  p.gemm(dO, p.Dv, 1, VT, p.J, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
   for (int64_t r = 0; r < nr; ++r)
     for (int64_t c = 0; c < nc; ++c) {
@@ -280,7 +286,6 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
   // loops over all of them so each dbias element has one writer.
   const int64_t Bb = dbias ? dbias_shape[0] : p.B, Hb = dbias ? dbias_shape[1] : p.H;
   parallel_for(Bb * Hb * qblocks, kBlock * p.J * (p.D + p.Dv) * (p.B / Bb) * (p.H / Hb), [&](int64_t u0, int64_t u1) {
-    const kernels::Table& k = kernels::table();
     Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
@@ -294,7 +299,7 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
             const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
             grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
             const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
-            k.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            p.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -310,7 +315,6 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
 void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
   const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.G * kblocks, kBlock * p.I * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
-    const kernels::Table& k = kernels::table();
     Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
@@ -328,8 +332,8 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
           const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
           const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
           // The transposed tiles are read through strides (row step 1, column step nc).
-          k.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);       // dV += Pdᵀ dO
-          k.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);       // dK += scale dSᵀ Q
+          p.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);       // dV += Pdᵀ dO
+          p.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);       // dK += scale dSᵀ Q
         }
     }
   });
@@ -345,7 +349,6 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
 void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float* dv, float* dbias) {
   const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.G, p.I * p.J * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
-    const kernels::Table& k = kernels::table();
     Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
@@ -366,10 +369,10 @@ void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float
             grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
             const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
             const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-            k.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
-            k.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);  // dK += scale dSᵀ Q
+            p.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
+            p.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);  // dK += scale dSᵀ Q
             float* dQ = dq + ((b * p.H + h) * p.I + r0) * p.D;
-            k.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            p.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -491,6 +494,9 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   p->kT = kT.data_ptr<float>(), p->vT = vT.data_ptr<float>();
   p->causal = o.causal;
   p->offset = p->J - p->I;
+  const kernels::Table& kt = kernels::table();
+  p->gemm = autocast_enabled() && kt.gemm_bf16 ? kt.gemm_bf16 : kt.gemm;
+  p->gemm32 = kt.gemm;
   {
     NoGradGuard no_grad;
     Tensor mask;  // the two boolean masks combined, at their broadcast shape (not [b, h, i, j])

@@ -1,0 +1,162 @@
+// The attention tile product with bfloat16 inputs (built with AVX-512 F, BW,
+// VL and BF16 flags; dispatch.cpp installs it only on CPUs with AVX512-BF16).
+//
+//   C[m, n] = alpha · A[m, k] · B[k, n]  (+ C when accumulate)
+//
+// with the same operand layout as Table::gemm. A and B are rounded to
+// bfloat16 (to nearest even, as core/dtype.h's BFloat16) while they are
+// packed, then vdpbf16ps multiplies pairs of them and adds both products to
+// a float32 accumulator: 32 products per instruction where the float32
+// kernel does 16. (vdpbf16ps treats subnormal inputs as zero and flushes
+// subnormal results: below 1e-38, far under bfloat16's own precision.)
+//
+// Packing: B as pairs of rows, Bp[p][j] = (B[2p][j], B[2p+1][j]) in one
+// 32-bit lane, columns padded to a multiple of 16 with zeros; A as pairs
+// along k, Ap(r, p) = (A[r][2p], A[r][2p+1]), read by broadcast. An odd k
+// gets a zero partner.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <loom/ops/kernels/kernels.h>
+
+namespace loom::kernels {
+
+namespace {
+
+// bfloat16 bits (round to nearest even, NaN kept a quiet NaN) in the low 16
+// bits of each 32-bit lane: the same rule as BFloat16(float) and to_bf16.
+inline __m512i bf16_lanes(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet);
+}
+
+inline uint32_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (u >> 16) | 0x40;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// The first `count` of 16 lanes (none for count <= 0).
+inline __mmask16 first(int64_t count) {
+  return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+
+// Two 16-lane batches of pairs (a, b) → lanes a | b << 16.
+inline __m512i pair_lanes(__m512 lo, __m512 hi) {
+  return _mm512_or_si512(bf16_lanes(lo), _mm512_slli_epi32(bf16_lanes(hi), 16));
+}
+
+// Rows [r, r + R) of C, columns [col, col + 16 · NB): Ap(r, p) = ap[r · sr + p · sp].
+template <int R, int NB>
+inline void block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp, int64_t ldp, int64_t kp, float* c,
+                  int64_t ldc, int64_t r, int64_t col, int64_t n, float alpha, bool accumulate) {
+  __m512 acc[R][NB];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp; ++p) {
+    __m512bh b[NB];
+    for (int j = 0; j < NB; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + p * ldp + col + 16 * j);
+    for (int i = 0; i < R; ++i) {
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(int(ap[(r + i) * sr + p * sp]));
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], x, b[j]);
+    }
+  }
+  const __m512 al = _mm512_set1_ps(alpha);
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NB; ++j) {
+      float* dst = c + (r + i) * ldc + col + 16 * j;
+      const __mmask16 mask = first(n - col - 16 * j);
+      __m512 v = _mm512_mul_ps(acc[i][j], al);
+      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst));
+      _mm512_mask_storeu_ps(dst, mask, v);
+    }
+}
+
+template <int R>
+inline void row_block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp, int64_t ldp, int64_t kp,
+                      float* c, int64_t ldc, int64_t r, int64_t n, float alpha, bool accumulate) {
+  int64_t col = 0;
+  for (; col + 16 < n; col += 32) block<R, 2>(ap, sr, sp, bp, ldp, kp, c, ldc, r, col, n, alpha, accumulate);
+  if (col < n) block<R, 1>(ap, sr, sp, bp, ldp, kp, c, ldc, r, col, n, alpha, accumulate);
+}
+
+void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t m, int64_t n, int64_t k, float alpha, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t kp = (k + 1) / 2, ldp = (n + 15) / 16 * 16;
+  thread_local std::vector<uint32_t> A, B;  // packed operands, reused across calls
+  A.resize(size_t(m * kp + 16));
+  B.resize(size_t(kp * ldp + 16));
+  // B: pairs of rows, 16 columns at a time (masked tail loads give zeros).
+  for (int64_t p = 0; p < kp; ++p) {
+    const float* b0 = b + 2 * p * ldb;
+    const bool pair = 2 * p + 1 < k;
+    for (int64_t j = 0; j < ldp; j += 16) {
+      const __mmask16 mask = first(n - j);
+      const __m512 lo = _mm512_maskz_loadu_ps(mask, b0 + j);
+      const __m512 hi = pair ? _mm512_maskz_loadu_ps(mask, b0 + ldb + j) : _mm512_setzero_ps();
+      _mm512_storeu_si512(B.data() + p * ldp + j, pair_lanes(lo, hi));
+    }
+  }
+  // A: Ap(r, p) at A[r · sr + p · sp], in whichever order lets the loads be contiguous.
+  int64_t sr = kp, sp = 1;
+  if (a_cs == 1) {  // rows contiguous: 16 pairs (32 values) of a row at a time
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int64_t r = 0; r < m; ++r) {
+      const float* ar = a + r * a_rs;
+      for (int64_t t = 0; t < 2 * kp; t += 32) {
+        const __m512 x0 = _mm512_maskz_loadu_ps(first(k - t), ar + t);
+        const __m512 x1 = _mm512_maskz_loadu_ps(first(k - t - 16), ar + t + 16);
+        const __m512 lo = _mm512_permutex2var_ps(x0, even, x1), hi = _mm512_permutex2var_ps(x0, odd, x1);
+        _mm512_mask_storeu_epi32(A.data() + r * kp + t / 2, first(kp - t / 2), pair_lanes(lo, hi));
+      }
+    }
+  } else if (a_rs == 1) {  // columns contiguous (a transposed tile): 16 rows of a pair at a time
+    sr = 1, sp = m;
+    for (int64_t p = 0; p < kp; ++p) {
+      const float* a0 = a + 2 * p * a_cs;
+      const bool pair = 2 * p + 1 < k;
+      for (int64_t r = 0; r < m; r += 16) {
+        const __mmask16 mask = first(m - r);
+        const __m512 lo = _mm512_maskz_loadu_ps(mask, a0 + r);
+        const __m512 hi = pair ? _mm512_maskz_loadu_ps(mask, a0 + a_cs + r) : _mm512_setzero_ps();
+        _mm512_mask_storeu_epi32(A.data() + p * m + r, mask, pair_lanes(lo, hi));
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t p = 0; p < kp; ++p) {
+        const uint32_t lo = bf16_bits(a[r * a_rs + 2 * p * a_cs]);
+        const uint32_t hi = 2 * p + 1 < k ? bf16_bits(a[r * a_rs + (2 * p + 1) * a_cs]) : 0u;
+        A[size_t(r * kp + p)] = lo | hi << 16;
+      }
+  }
+  int64_t r = 0;
+  for (; r + 8 <= m; r += 8) row_block<8>(A.data(), sr, sp, B.data(), ldp, kp, c, ldc, r, n, alpha, accumulate);
+  for (; r < m; ++r) row_block<1>(A.data(), sr, sp, B.data(), ldp, kp, c, ldc, r, n, alpha, accumulate);
+}
+
+}  // namespace
+
+const Table& table_avx512();
+
+const Table& table_avx512bf16() {
+  static const Table t = [] {
+    Table x = table_avx512();
+    x.name = "avx512bf16";
+    x.gemm_bf16 = &gemm_bf16;
+    return x;
+  }();
+  return t;
+}
+
+}  // namespace loom::kernels
