@@ -186,9 +186,7 @@ void forward(const Problem& p, float* out, float* lse) {
             continue;
           }
           const float alpha = std::exp(m[size_t(r)] - m_new);  // rescales what was summed so far
-          k.softmax_minus(s, m_new, 1.0f, 0.0f, pr, nc);       // exp(s − m_new)
-          float rowsum = 0;
-          for (int64_t c = 0; c < nc; ++c) rowsum += pr[c];
+          const float rowsum = k.exp_sum(s, m_new, pr, nc);     // exp(s − m_new) and its sum, one pass
           l[size_t(r)] = l[size_t(r)] * alpha + rowsum;
           m[size_t(r)] = m_new;
           if (alpha != 1.0f)
@@ -266,6 +264,17 @@ void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, i
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
   p.gemm(dO, p.Dv, 1, VT, p.J, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
+  if (p.dropout == 0 && !(g.dS0 && h == 0)) {  // the common case, vectorised
+    for (int64_t r = 0; r < nr; ++r) {
+      float* ds = t.S.data() + r * nc;
+      const float* pr = t.P.data() + r * nc;
+      k.softmax_grad(pr, ds, delta[r], ds, nc);
+      // Where the weight is 0 the gradient is exactly 0, also when dP is NaN.
+      for (int64_t c = 0; c < nc; ++c) ds[c] = pr[c] == 0.0f ? 0.0f : ds[c];
+    }
+    std::memcpy(Pd.data(), t.P.data(), size_t(nr * nc) * sizeof(float));
+    return;
+  }
   for (int64_t r = 0; r < nr; ++r)
     for (int64_t c = 0; c < nc; ++c) {
       const size_t e = size_t(r * nc + c);

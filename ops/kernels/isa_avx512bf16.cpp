@@ -27,16 +27,6 @@ namespace loom::kernels {
 
 namespace {
 
-// bfloat16 bits (round to nearest even, NaN kept a quiet NaN) in the low 16
-// bits of each 32-bit lane: the same rule as BFloat16(float) and to_bf16.
-inline __m512i bf16_lanes(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
-  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-  return _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet);
-}
-
 inline uint32_t bf16_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -49,9 +39,16 @@ inline __mmask16 first(int64_t count) {
   return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
-// Two 16-lane batches of pairs (a, b) → lanes a | b << 16.
-inline __m512i pair_lanes(__m512 lo, __m512 hi) {
-  return _mm512_or_si512(bf16_lanes(lo), _mm512_slli_epi32(bf16_lanes(hi), 16));
+// 32 values rounded to bfloat16 in order: lo's 16, then hi's (vcvtne2ps2bf16
+// rounds to nearest even like BFloat16(float); it flushes subnormals, which
+// vdpbf16ps would treat as zero anyway).
+inline __m512i in_order(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
+
+// Pairs (lo[i], hi[i]) in 32-bit lane i.
+inline __m512i interleaved(__m512 lo, __m512 hi) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, in_order(lo, hi));
 }
 
 // Rows [r, r + R) of C, columns [col, col + 16 · NB): Ap(r, p) = ap[r · sr + p · sp].
@@ -103,21 +100,18 @@ void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64
       const __mmask16 mask = first(n - j);
       const __m512 lo = _mm512_maskz_loadu_ps(mask, b0 + j);
       const __m512 hi = pair ? _mm512_maskz_loadu_ps(mask, b0 + ldb + j) : _mm512_setzero_ps();
-      _mm512_storeu_si512(B.data() + p * ldp + j, pair_lanes(lo, hi));
+      _mm512_storeu_si512(B.data() + p * ldp + j, interleaved(lo, hi));
     }
   }
   // A: Ap(r, p) at A[r · sr + p · sp], in whichever order lets the loads be contiguous.
   int64_t sr = kp, sp = 1;
   if (a_cs == 1) {  // rows contiguous: 16 pairs (32 values) of a row at a time
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for (int64_t r = 0; r < m; ++r) {
       const float* ar = a + r * a_rs;
       for (int64_t t = 0; t < 2 * kp; t += 32) {
         const __m512 x0 = _mm512_maskz_loadu_ps(first(k - t), ar + t);
         const __m512 x1 = _mm512_maskz_loadu_ps(first(k - t - 16), ar + t + 16);
-        const __m512 lo = _mm512_permutex2var_ps(x0, even, x1), hi = _mm512_permutex2var_ps(x0, odd, x1);
-        _mm512_mask_storeu_epi32(A.data() + r * kp + t / 2, first(kp - t / 2), pair_lanes(lo, hi));
+        _mm512_mask_storeu_epi32(A.data() + r * kp + t / 2, first(kp - t / 2), in_order(x0, x1));
       }
     }
   } else if (a_rs == 1) {  // columns contiguous (a transposed tile): 16 rows of a pair at a time
@@ -129,7 +123,7 @@ void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64
         const __mmask16 mask = first(m - r);
         const __m512 lo = _mm512_maskz_loadu_ps(mask, a0 + r);
         const __m512 hi = pair ? _mm512_maskz_loadu_ps(mask, a0 + a_cs + r) : _mm512_setzero_ps();
-        _mm512_mask_storeu_epi32(A.data() + p * m + r, mask, pair_lanes(lo, hi));
+        _mm512_mask_storeu_epi32(A.data() + p * m + r, mask, interleaved(lo, hi));
       }
     }
   } else {
