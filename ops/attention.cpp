@@ -65,6 +65,27 @@ View4 view4(const Tensor& t) {
   return v;
 }
 
+// count matrices [rows, cols] as bfloat16 pairs of rows (kernels.h,
+// pack_bf16_pairs): the B operands of the bfloat16 tiles, rounded once per
+// call instead of once per tile.
+struct Packed {
+  std::vector<uint32_t> data;
+  int64_t ld = 0, per = 0;  // row stride and size of one matrix, in pairs
+  // Pair row row / 2 (row even) of matrix m.
+  const uint32_t* at(int64_t m, int64_t row) const { return data.data() + m * per + row / 2 * ld; }
+};
+
+Packed pack_pairs(const float* x, int64_t count, int64_t rows, int64_t cols) {
+  Packed out;
+  out.ld = (cols + 15) / 16 * 16, out.per = (rows + 1) / 2 * out.ld;
+  out.data.resize(size_t(count * out.per));
+  parallel_for(count, rows * cols, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      kernels::table().pack_bf16_pairs(x + m * rows * cols, cols, rows, cols, out.data.data() + m * out.per, out.ld);
+  });
+  return out;
+}
+
 // Everything one call needs, shared by the forward and backward passes.
 struct Problem {
   int64_t B = 0, H = 0, G = 0, I = 0, J = 0, D = 0, Dv = 0;
@@ -79,9 +100,13 @@ struct Problem {
   float dropout = 0;
   Generator gen;  // seed and first block of this call's dropout numbers
   uint64_t first_block = 0;
-  // The tile product: float32, or under autocast on a CPU with AVX512-BF16
-  // bfloat16 inputs with float32 sums (the backward uses the forward's).
-  decltype(kernels::Table::gemm) gemm = nullptr, gemm32 = nullptr;
+  // The tile products: float32 (gemm), or under autocast on a CPU with
+  // AVX512-BF16 bfloat16 inputs with float32 sums (bf16: gemm_bf16 with K,
+  // V, Kᵀ and Vᵀ packed once per call; the backward uses the forward's).
+  decltype(kernels::Table::gemm) gemm = nullptr;
+  decltype(kernels::Table::gemm_bf16_packed) gemm_bf16 = nullptr;
+  bool bf16 = false;
+  Packed kTp, vTp, kp, vp;
 
   int64_t kv_head(int64_t h) const { return h % G; }
   // The dropout keep factor for weight (b, h, r, c): 0 or 1 / (1 − p).
@@ -91,6 +116,16 @@ struct Problem {
     return u >= dropout ? 1.0f / (1.0f - dropout) : 0.0f;
   }
 };
+
+// C = alpha · A · B (+ C when accumulate) for one tile, B at row `row` and
+// column `col` of matrix m: float32 from B (row stride ldb), or bfloat16
+// from its packed copy Bp.
+void product(const Problem& p, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb,
+             const Packed& Bp, int64_t m, int64_t row, int64_t col, float* C, int64_t ldc, int64_t rows, int64_t cols,
+             int64_t k, float alpha, bool accumulate) {
+  if (p.bf16) p.gemm_bf16(A, a_rs, a_cs, Bp.at(m, row) + col, Bp.ld, C, ldc, rows, cols, k, alpha, accumulate);
+  else p.gemm(A, a_rs, a_cs, B, ldb, C, ldc, rows, cols, k, alpha, accumulate);
+}
 
 // Per-thread scratch for one tile: logits (later dS) and weights.
 struct Tile {
@@ -109,7 +144,10 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
   // The selective gate's logits (with_F false) stay float32 under autocast:
   // its running sum F grows over the rows and would carry their rounding
   // into every later weight.
-  (with_F ? p.gemm : p.gemm32)(Q, p.D, 1, KT, p.J, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+  if (with_F)
+    product(p, Q, p.D, 1, KT, p.J, p.kTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+  else
+    p.gemm(Q, p.D, 1, KT, p.J, t.S.data(), nc, nr, nc, p.D, p.scale, false);
   for (int64_t r = 0; r < nr; ++r) {
     float* row = t.S.data() + r * nc;
     const int64_t R = r0 + r;
@@ -195,7 +233,8 @@ void forward(const Problem& p, float* out, float* lse) {
             for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
         }
         const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
-        p.gemm(t.P.data(), nc, 1, V, p.Dv, O, p.Dv, nr, p.Dv, nc, 1.0f, true);  // O += P V
+        product(p, t.P.data(), nc, 1, V, p.Dv, p.vp, b * p.G + p.kv_head(h), c0, 0, O, p.Dv, nr, p.Dv, nc, 1.0f,
+                true);  // O += P V
       }
       for (int64_t r = 0; r < nr; ++r) {
         // A row that saw no key (m still −∞) is exact zeros, with lse +∞ so
@@ -245,6 +284,7 @@ struct Grad {
   const float *out, *lse, *dout;  // saved O and lse, incoming dO (contiguous)
   std::vector<float> delta;       // Δ_r = Σ_d dO_rd O_rd, [B, H, I]
   const float* dS0 = nullptr;     // selective: extra gradient of head 0's logits, [B, I, J]
+  Packed qp, dOp;                 // bfloat16 tiles: q and dO as B operands of dK and dV
 };
 
 // For one tile: P (with dropout: the dropped weights Pd in t.T), and dS = P ∘ (dP − Δ)
@@ -262,7 +302,8 @@ void grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, i
   // dP = dO Vᵀ
   const float* VT = p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.J + c0;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
-  p.gemm(dO, p.Dv, 1, VT, p.J, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
+  product(p, dO, p.Dv, 1, VT, p.J, p.vTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc, p.Dv, 1.0f,
+          false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
   if (p.dropout == 0 && !(g.dS0 && h == 0)) {  // the common case, vectorised
     for (int64_t r = 0; r < nr; ++r) {
@@ -308,7 +349,8 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
             const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
             grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
             const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
-            p.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            product(p, t.S.data(), nc, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D, nr, p.D, nc, p.scale,
+                    true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -341,8 +383,10 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
           const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
           const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
           // The transposed tiles are read through strides (row step 1, column step nc).
-          p.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);       // dV += Pdᵀ dO
-          p.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);       // dK += scale dSᵀ Q
+          product(p, Pd.data(), 1, nc, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr, 1.0f,
+                  true);  // dV += Pdᵀ dO
+          product(p, t.S.data(), 1, nc, Q, p.D, g.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D, nr, p.scale,
+                  true);  // dK += scale dSᵀ Q
         }
     }
   });
@@ -378,10 +422,13 @@ void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float
             grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
             const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
             const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-            p.gemm(Pd.data(), 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
-            p.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);  // dK += scale dSᵀ Q
+            product(p, Pd.data(), 1, nc, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr, 1.0f,
+                    true);  // dV += Pdᵀ dO
+            product(p, t.S.data(), 1, nc, Q, p.D, g.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D, nr, p.scale,
+                    true);  // dK += scale dSᵀ Q
             float* dQ = dq + ((b * p.H + h) * p.I + r0) * p.D;
-            p.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            product(p, t.S.data(), nc, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D, nr, p.D, nc, p.scale,
+                    true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -504,8 +551,12 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   p->causal = o.causal;
   p->offset = p->J - p->I;
   const kernels::Table& kt = kernels::table();
-  p->gemm = autocast_enabled() && kt.gemm_bf16 ? kt.gemm_bf16 : kt.gemm;
-  p->gemm32 = kt.gemm;
+  p->gemm = kt.gemm;
+  if (autocast_enabled() && kt.gemm_bf16_packed) {
+    p->bf16 = true, p->gemm_bf16 = kt.gemm_bf16_packed;
+    p->kTp = pack_pairs(p->kT, p->B * p->G, p->D, p->J), p->vTp = pack_pairs(p->vT, p->B * p->G, p->Dv, p->J);
+    p->kp = pack_pairs(p->k, p->B * p->G, p->J, p->D), p->vp = pack_pairs(p->v, p->B * p->G, p->J, p->Dv);
+  }
   {
     NoGradGuard no_grad;
     Tensor mask;  // the two boolean masks combined, at their broadcast shape (not [b, h, i, j])
@@ -545,6 +596,10 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
            Grad g;
            g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();
            g.delta.resize(size_t(p->B * p->H * p->I));
+           if (p->bf16) {
+             g.qp = pack_pairs(p->q, p->B * p->H, p->I, p->D);
+             g.dOp = pack_pairs(g.dout, p->B * p->H, p->I, p->Dv);
+           }
            for (size_t r = 0; r < g.delta.size(); ++r) {
              double s = 0;
              for (int64_t d = 0; d < p->Dv; ++d) s += double(g.dout[int64_t(r) * p->Dv + d]) * g.out[int64_t(r) * p->Dv + d];

@@ -85,24 +85,27 @@ inline void row_block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t
   if (col < n) block<R, 1>(ap, sr, sp, bp, ldp, kp, c, ldc, r, col, n, alpha, accumulate);
 }
 
-void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t m, int64_t n, int64_t k, float alpha, bool accumulate) {
-  if (m <= 0 || n <= 0) return;
-  const int64_t kp = (k + 1) / 2, ldp = (n + 15) / 16 * 16;
-  thread_local std::vector<uint32_t> A, B;  // packed operands, reused across calls
-  A.resize(size_t(m * kp + 16));
-  B.resize(size_t(kp * ldp + 16));
-  // B: pairs of rows, 16 columns at a time (masked tail loads give zeros).
+// Bp[p][j] = (B[2p][j], B[2p+1][j]) for p < ⌈k/2⌉, j < ⌈n/16⌉·16 (zeros past n and past k).
+void pack_bf16_pairs(const float* b, int64_t ldb, int64_t k, int64_t n, uint32_t* bp, int64_t ldp) {
+  const int64_t kp = (k + 1) / 2, width = (n + 15) / 16 * 16;
   for (int64_t p = 0; p < kp; ++p) {
     const float* b0 = b + 2 * p * ldb;
     const bool pair = 2 * p + 1 < k;
-    for (int64_t j = 0; j < ldp; j += 16) {
+    for (int64_t j = 0; j < width; j += 16) {  // masked tail loads give zeros
       const __mmask16 mask = first(n - j);
       const __m512 lo = _mm512_maskz_loadu_ps(mask, b0 + j);
       const __m512 hi = pair ? _mm512_maskz_loadu_ps(mask, b0 + ldb + j) : _mm512_setzero_ps();
-      _mm512_storeu_si512(B.data() + p * ldp + j, interleaved(lo, hi));
+      _mm512_storeu_si512(bp + p * ldp + j, interleaved(lo, hi));
     }
   }
+}
+
+void gemm_bf16_packed(const float* a, int64_t a_rs, int64_t a_cs, const uint32_t* bp, int64_t ldp, float* c,
+                      int64_t ldc, int64_t m, int64_t n, int64_t k, float alpha, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t kp = (k + 1) / 2;
+  thread_local std::vector<uint32_t> A;  // the packed A, reused across calls
+  A.resize(size_t(m * kp + 16));
   // A: Ap(r, p) at A[r · sr + p · sp], in whichever order lets the loads be contiguous.
   int64_t sr = kp, sp = 1;
   if (a_cs == 1) {  // rows contiguous: 16 pairs (32 values) of a row at a time
@@ -135,8 +138,18 @@ void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64
       }
   }
   int64_t r = 0;
-  for (; r + 8 <= m; r += 8) row_block<8>(A.data(), sr, sp, B.data(), ldp, kp, c, ldc, r, n, alpha, accumulate);
-  for (; r < m; ++r) row_block<1>(A.data(), sr, sp, B.data(), ldp, kp, c, ldc, r, n, alpha, accumulate);
+  for (; r + 8 <= m; r += 8) row_block<8>(A.data(), sr, sp, bp, ldp, kp, c, ldc, r, n, alpha, accumulate);
+  for (; r < m; ++r) row_block<1>(A.data(), sr, sp, bp, ldp, kp, c, ldc, r, n, alpha, accumulate);
+}
+
+void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t m, int64_t n, int64_t k, float alpha, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t ldp = (n + 15) / 16 * 16;
+  thread_local std::vector<uint32_t> B;
+  B.resize(size_t((k + 1) / 2 * ldp + 16));
+  pack_bf16_pairs(b, ldb, k, n, B.data(), ldp);
+  gemm_bf16_packed(a, a_rs, a_cs, B.data(), ldp, c, ldc, m, n, k, alpha, accumulate);
 }
 
 }  // namespace
@@ -148,6 +161,8 @@ const Table& table_avx512bf16() {
     Table x = table_avx512();
     x.name = "avx512bf16";
     x.gemm_bf16 = &gemm_bf16;
+    x.pack_bf16_pairs = &pack_bf16_pairs;
+    x.gemm_bf16_packed = &gemm_bf16_packed;
     return x;
   }();
   return t;

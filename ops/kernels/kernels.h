@@ -109,6 +109,15 @@ struct Table {
   // attention runs the float32 gemm.
   void (*gemm_bf16)(const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C, int64_t ldc,
                     int64_t m, int64_t n, int64_t k, float alpha, bool accumulate);
+  // The same in two steps, so a B read by many tiles is rounded once:
+  // pack_bf16_pairs writes B [k, n] as pairs of rows, bfloat16 bits
+  //   Bp[p][j] = B[2p][j] | B[2p+1][j] << 16   (p < ⌈k/2⌉, j < ⌈n/16⌉·16; 0 past k and n)
+  // with row stride ldp >= ⌈n/16⌉·16; gemm_bf16_packed multiplies by it
+  // (ldp as given, and columns up to ⌈n/16⌉·16 must be readable). An odd
+  // row of B starts no pair: tiles begin at even rows.
+  void (*pack_bf16_pairs)(const float* B, int64_t ldb, int64_t k, int64_t n, uint32_t* Bp, int64_t ldp);
+  void (*gemm_bf16_packed)(const float* A, int64_t a_rs, int64_t a_cs, const uint32_t* Bp, int64_t ldp, float* C,
+                           int64_t ldc, int64_t m, int64_t n, int64_t k, float alpha, bool accumulate);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by
