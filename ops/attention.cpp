@@ -554,8 +554,8 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   p->gemm = kt.gemm;
   if (autocast_enabled() && kt.gemm_bf16_packed) {
     p->bf16 = true, p->gemm_bf16 = kt.gemm_bf16_packed;
-    p->kTp = pack_pairs(p->kT, p->B * p->G, p->D, p->J), p->vTp = pack_pairs(p->vT, p->B * p->G, p->Dv, p->J);
-    p->kp = pack_pairs(p->k, p->B * p->G, p->J, p->D), p->vp = pack_pairs(p->v, p->B * p->G, p->J, p->Dv);
+    // The forward's operands; the backward packs K and Vᵀ when it runs.
+    p->kTp = pack_pairs(p->kT, p->B * p->G, p->D, p->J), p->vp = pack_pairs(p->v, p->B * p->G, p->J, p->Dv);
   }
   {
     NoGradGuard no_grad;
@@ -597,6 +597,7 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
            g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();
            g.delta.resize(size_t(p->B * p->H * p->I));
            if (p->bf16) {
+             p->kp = pack_pairs(p->k, p->B * p->G, p->J, p->D), p->vTp = pack_pairs(p->vT, p->B * p->G, p->Dv, p->J);
              g.qp = pack_pairs(p->q, p->B * p->H, p->I, p->D);
              g.dOp = pack_pairs(g.dout, p->B * p->H, p->I, p->Dv);
            }
