@@ -7,6 +7,8 @@
 #   2. the medium config (dim 256 x 4 layers, 4 heads of 64, seq 256, batch 8) for 200 steps:
 #      the training loss at every 10th step within 1 % of fp32 (same data order and weights).
 # Usage: benchmarks/bf16_quality.sh [BUILD_DIR] [OUT_DIR]    (defaults: build, runs/bf16_quality)
+# LOOM_QUALITY_SIDE_BY_SIDE=1 runs the fp32 and bf16 runs of each model at the same time, each on one
+# OpenMP thread (on a shared machine: no thread waits at a barrier for a descheduled partner).
 # Prints one line per figure and "PASS"/"FAIL" per target; exit code 1 if a target fails.
 set -eu
 build=${1:-build}
@@ -17,11 +19,23 @@ mkdir -p "$out"
 grep -m1 'model name' /proc/cpuinfo || true
 grep -q avx512_bf16 /proc/cpuinfo && echo "AVX512-BF16: yes" || echo "AVX512-BF16: no (bf16 runs use oneDNN's emulation / rounded fp32)"
 
+side=${LOOM_QUALITY_SIDE_BY_SIDE:-0}
+# run NAME P ARGS...: `loom train` of model NAME at precision P into $out/NAME_P, its last line kept.
+run() {
+  name=$1 p=$2
+  shift 2
+  rm -rf "$out/${name}_$p"
+  if [ "$side" = 1 ]; then
+    OMP_NUM_THREADS=1 "$loom" train "$@" --out "$out/${name}_$p" --precision $p > "$out/${name}_$p.log" &
+  else
+    "$loom" train "$@" --out "$out/${name}_$p" --precision $p > "$out/${name}_$p.log"
+  fi
+}
 for p in fp32 bf16; do
-  rm -rf "$out/charlm_$p"
-  /usr/bin/time -f "charlm $p: %e s wall" "$loom" train --config configs/charlm.json --data "$data" \
-    --out "$out/charlm_$p" --steps 1200 --lr 2e-3 --precision $p | tail -1
+  run charlm $p --config configs/charlm.json --data "$data" --steps 1200 --lr 2e-3
 done
+wait
+for p in fp32 bf16; do tail -1 "$out/charlm_$p.log"; done
 for p in fp32 bf16; do
   "$loom" eval --checkpoint "$out/charlm_$p" --data "$data" > "$out/charlm_${p}_eval.txt"
   "$loom" eval --checkpoint "$out/charlm_$p" --data "$data" --precision bf16 > "$out/charlm_${p}_eval_bf16.txt"
@@ -32,10 +46,11 @@ cat > "$out/medium.json" <<'EOF'
  "attn_layers": {"type": "Decoder", "dim": 256, "depth": 4, "heads": 4, "attn_dim_head": 64, "ff_mult": 4}}
 EOF
 for p in fp32 bf16; do
-  rm -rf "$out/medium_$p"
-  "$loom" train --config "$out/medium.json" --data "$data" --out "$out/medium_$p" --steps 200 --batch-size 8 \
-    --seq-len 256 --lr 1e-3 --warmup 20 --eval-every 100 --log-every 10 --precision $p | tail -1
+  run medium $p --config "$out/medium.json" --data "$data" --steps 200 --batch-size 8 --seq-len 256 --lr 1e-3 \
+    --warmup 20 --eval-every 100 --log-every 10
 done
+wait
+for p in fp32 bf16; do tail -1 "$out/medium_$p.log"; done
 
 python3 - "$out" <<'EOF'
 import json, math, re, sys
