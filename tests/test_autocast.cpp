@@ -221,7 +221,7 @@ TEST_CASE("bfloat16 tile product: every operand layout against a double product 
       }
 }
 
-TEST_CASE("autocast attention: bfloat16 tiles within 1 % of float32, forward and backward; float32 where there are none") {
+TEST_CASE("autocast attention: bfloat16 tiles within 1 % of float32 forward and backward, the float32 op where there are none") {
   struct Variant {
     const char* name;
     bool causal, padding, bias, grouped, selective;
