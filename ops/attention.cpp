@@ -69,19 +69,21 @@ View4 view4(const Tensor& t) {
 // pack_bf16_pairs): the B operands of the bfloat16 tiles, rounded once per
 // call instead of once per tile.
 struct Packed {
-  std::vector<uint32_t> data;
+  Tensor storage;  // 4-byte elements from loom's allocator: reused blocks, no page faults, counted in memory stats
   int64_t ld = 0, per = 0;  // row stride and size of one matrix, in pairs
+  uint32_t* data() const { return static_cast<uint32_t*>(storage.raw_data()); }
   // Pair row row / 2 (row even) of matrix m.
-  const uint32_t* at(int64_t m, int64_t row) const { return data.data() + m * per + row / 2 * ld; }
+  const uint32_t* at(int64_t m, int64_t row) const { return data() + m * per + row / 2 * ld; }
 };
 
 Packed pack_pairs(const float* x, int64_t count, int64_t rows, int64_t cols) {
   Packed out;
   out.ld = (cols + 15) / 16 * 16, out.per = (rows + 1) / 2 * out.ld;
-  out.data.resize(size_t(count * out.per));
+  out.storage = empty({count * out.per});  // every element is written by pack_bf16_pairs
+  uint32_t* dst = out.data();
   parallel_for(count, rows * cols, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
-      kernels::table().pack_bf16_pairs(x + m * rows * cols, cols, rows, cols, out.data.data() + m * out.per, out.ld);
+      kernels::table().pack_bf16_pairs(x + m * rows * cols, cols, rows, cols, dst + m * out.per, out.ld);
   });
   return out;
 }
