@@ -69,6 +69,21 @@ TEST_CASE("loom train, generate and eval on a small text") {
   CHECK(eb.out.find("bf16)") != std::string::npos);
   CHECK(ef.out.find("fp32)") != std::string::npos);
   CHECK(eb.out != ef.out);  // the bf16 evaluation really rounds
+  // loom forward: the bf16 logits are close to the fp32 ones and not the same.
+  loom::write_npy("loom_cli_ids.npy", loom::tensor(std::vector<int64_t>{116, 111, 32, 98, 101}).view({1, 5}));
+  CHECK(run("forward --weights loom_cli_bf16 --input loom_cli_ids.npy --output loom_cli_f32.npy").code == 0);
+  CHECK(run("forward --weights loom_cli_bf16 --input loom_cli_ids.npy --output loom_cli_b16.npy --precision bf16")
+            .code == 0);
+  {
+    const std::vector<float> a = loom::read_npy("loom_cli_f32.npy").to_vector<float>(),
+                             b = loom::read_npy("loom_cli_b16.npy").to_vector<float>();
+    REQUIRE(a.size() == b.size());
+    double diff = 0, size = 0;
+    for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, double(std::abs(a[i] - b[i]))), size = std::max(size, double(std::abs(a[i])));
+    CHECK(diff > 0);
+    CHECK(diff <= 0.05 * size);
+  }
+  for (const char* f : {"loom_cli_ids.npy", "loom_cli_f32.npy", "loom_cli_b16.npy"}) std::remove(f);
   Run bad_precision = run("train --config loom_cli_config.json --data loom_cli_corpus.txt --out loom_cli_bf16 "
                           "--precision fp16");
   CHECK(bad_precision.code == 2);
