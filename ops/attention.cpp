@@ -121,7 +121,9 @@ struct Problem {
 
 // C = alpha · A · B (+ C when accumulate) for one tile, B at row `row` and
 // column `col` of matrix m: float32 from B (row stride ldb), or bfloat16
-// from its packed copy Bp.
+// from its packed copy Bp. (A causal tile with an odd number of keys pairs
+// its last key row of K or V with the next, invisible one, times A's zero
+// padding: only an inf or NaN in that invisible row would show, as NaN.)
 void product(const Problem& p, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb,
              const Packed& Bp, int64_t m, int64_t row, int64_t col, float* C, int64_t ldc, int64_t rows, int64_t cols,
              int64_t k, float alpha, bool accumulate) {
