@@ -556,7 +556,7 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   p->offset = p->J - p->I;
   const kernels::Table& kt = kernels::table();
   p->gemm = kt.gemm;
-  if (autocast_enabled() && kt.gemm_bf16_packed) {
+  if (autocast_enabled() && kt.gemm_bf16_packed && p->D > 0 && p->Dv > 0) {  // (empty heads: nothing to multiply)
     p->bf16 = true, p->gemm_bf16 = kt.gemm_bf16_packed;
     // The forward's operands; the backward packs K and Vᵀ when it runs.
     p->kTp = pack_pairs(p->kT, p->B * p->G, p->D, p->J), p->vp = pack_pairs(p->v, p->B * p->G, p->J, p->Dv);
