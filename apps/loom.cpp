@@ -62,7 +62,11 @@ const char* kTrainUsage =
     "  --seed N              seed for data order, dropout and the initial weights (0)\n"
     "  --resume              continue from DIR/checkpoint.safetensors (same config only)\n"
     "  --skip-nonfinite      skip a step with an inf or NaN loss or gradient norm (no update,\n"
-    "                        logged) instead of stopping; 10 such steps in a row still stop\n";
+    "                        logged) instead of stopping; 10 such steps in a row still stop\n"
+    "  --precision P         fp32, or bf16: bfloat16 autocast (matmuls, linears and attention\n"
+    "                        from bfloat16 inputs, float32 sums; weights, gradients, AdamW,\n"
+    "                        norms and the loss in float32). Kept in the checkpoint: --resume\n"
+    "                        without it continues in the run's precision (fp32)\n";
 
 const char* kGenerateUsage =
     "usage: loom generate --checkpoint DIR --prompt TEXT [flags]\n"
@@ -74,13 +78,15 @@ const char* kGenerateUsage =
     "  --top-k N         keep the k most likely tokens; 0 = off (0)\n"
     "  --top-p X         nucleus sampling; 0 = off (0)\n"
     "  --min-p X         keep tokens with p >= X * max p; 0 = off (0)\n"
-    "  --seed N          sampling seed (0)\n";
+    "  --seed N          sampling seed (0)\n"
+    "  --precision P     fp32, or bf16: the forward under bfloat16 autocast (fp32)\n";
 
 const char* kEvalUsage =
-    "usage: loom eval --checkpoint DIR --data PATH [--seq-len N] [--windows N]\n"
+    "usage: loom eval --checkpoint DIR --data PATH [--seq-len N] [--windows N] [--precision P]\n"
     "\n"
     "Prints the mean next-byte loss and bits per character on the held-out 10% of PATH\n"
-    "(the same split `loom train` uses).\n";
+    "(the same split `loom train` uses), in fp32 or under bfloat16 autocast (bf16); fp32\n"
+    "by default.\n";
 
 const char* kUsage =
     "usage: loom forward --config C.json --weights W.safetensors --input in.npy --output out.npy [inputs]\n"
@@ -105,7 +111,8 @@ const char* kUsage =
     "  --layer-pos P.npy     positions for the layers' ALiBi / rotary (x-transformers'\n"
     "                        AttentionLayers.forward(pos=)): (n) or (b, n), per head (b, h, n) for ALiBi\n"
     "XTransformer: --src int64 (b, n), --tgt int64 (b, m), --mask bool (b, n) for src, --attn-mask for\n"
-    "the encoder; the output is the decoder's logits (b, m, dec_num_tokens) for tgt given src.\n";
+    "the encoder; the output is the decoder's logits (b, m, dec_num_tokens) for tgt given src.\n"
+    "--precision fp32 (default) or bf16 runs the pass under bfloat16 autocast.\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -163,10 +170,22 @@ double num_flag(const std::map<std::string, std::string>& f, const std::string& 
   return v;
 }
 
+// --precision: fp32 (the default) or bf16.
+loom::Precision precision_flag(const std::map<std::string, std::string>& f) {
+  auto it = f.find("precision");
+  if (it == f.end()) return loom::Precision::Float32;
+  try {
+    return loom::parse_precision(it->second, "--precision");
+  } catch (const loom::Error& e) {
+    throw UsageError(e.what());
+  }
+}
+
 int train(int argc, char** argv) {
   auto f = parse_flags(argc, argv, 2,
                        {"config", "data", "out", "steps", "batch-size", "seq-len", "grad-accum", "lr", "min-lr", "warmup",
-                        "weight-decay", "grad-clip", "eval-every", "eval-batches", "checkpoint-every", "log-every", "seed"},
+                        "weight-decay", "grad-clip", "eval-every", "eval-batches", "checkpoint-every", "log-every", "seed",
+                        "precision"},
                        {"resume", "skip-nonfinite"});
   for (const char* required : {"config", "data", "out"})
     if (!f.count(required)) throw UsageError(std::string("--") + required + " is required");
@@ -187,6 +206,7 @@ int train(int argc, char** argv) {
   tc.seed = uint64_t(int_flag(f, "seed", 0, 0));
   tc.out_dir = f["out"];
   tc.skip_nonfinite = f.count("skip-nonfinite") > 0;
+  if (f.count("precision")) tc.precision = precision_flag(f);
   const std::string config_text = loom::read_file(f["config"], "config");
   loom::manual_seed(tc.seed);  // the initial weights
   loom::LoadedModel model = loom::model_from_json(config_text, f["config"]);
@@ -195,18 +215,20 @@ int train(int argc, char** argv) {
               static_cast<long long>(model.module().num_parameters()), corpus.files.size(), corpus.train.size(),
               corpus.val.size());
   loom::TrainResult r = loom::train_language_model(model, config_text, corpus, tc, f.count("resume") > 0);
-  std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step, peak tensor "
+  std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step (%s), peak tensor "
               "memory %.1f MB; checkpoint in %s\n",
               static_cast<long long>(r.step), r.val_loss, r.val_loss / std::log(2.0), 1000 * r.seconds_per_step,
-              double(r.peak_memory_bytes) / 1e6, tc.out_dir.c_str());
+              loom::precision_name(r.precision), double(r.peak_memory_bytes) / 1e6, tc.out_dir.c_str());
   return r.interrupted ? 128 + r.signal : 0;  // 130 for SIGINT, 143 for SIGTERM, as the shell reports
 }
 
 int generate(int argc, char** argv) {
-  auto f = parse_flags(argc, argv, 2, {"checkpoint", "prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p", "seed"});
+  auto f = parse_flags(argc, argv, 2, {"checkpoint", "prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p", "seed",
+                                          "precision"});
   for (const char* required : {"checkpoint", "prompt"})
     if (!f.count(required)) throw UsageError(std::string("--") + required + " is required");
   if (f["prompt"].empty()) throw UsageError("--prompt must not be empty");
+  const loom::Precision precision = precision_flag(f);
   loom::Checkpoint ck = loom::load_checkpoint(f["checkpoint"]);
   if (!ck.model.transformer) throw std::runtime_error("the checkpoint's model is not a TransformerWrapper");
   loom::GenerateOptions o;
@@ -220,6 +242,7 @@ int generate(int argc, char** argv) {
   for (int64_t& id : ids) id = int64_t(uint8_t(id));
   loom::Generator gen(uint64_t(int_flag(f, "seed", 0, 0)));
   loom::AutoregressiveWrapper ar(ck.model.transformer);
+  loom::AutocastGuard autocast(precision);  // one region: the weights are rounded to bfloat16 once
   loom::Tensor out = ar.generate(loom::from_vector(ids, {1, int64_t(ids.size())}), n, o, gen);
   std::string text = f["prompt"];
   for (int64_t id : out.to_vector<int64_t>()) text += char(uint8_t(id));
@@ -228,15 +251,20 @@ int generate(int argc, char** argv) {
 }
 
 int evaluate(int argc, char** argv) {
-  auto f = parse_flags(argc, argv, 2, {"checkpoint", "data", "seq-len", "windows"});
+  auto f = parse_flags(argc, argv, 2, {"checkpoint", "data", "seq-len", "windows", "precision"});
   for (const char* required : {"checkpoint", "data"})
     if (!f.count(required)) throw UsageError(std::string("--") + required + " is required");
   loom::Checkpoint ck = loom::load_checkpoint(f["checkpoint"]);
+  const loom::Precision precision = precision_flag(f);
   loom::TextCorpus corpus = loom::load_text_corpus(f["data"]);
-  const double loss = loom::evaluate_language_model(ck.model, corpus.val, int_flag(f, "seq-len", 128, 1),
-                                                    int_flag(f, "windows", 256, 1));
-  std::printf("held-out loss %.4f nats, %.4f bits per character (step %lld)\n", loss, loss / std::log(2.0),
-              static_cast<long long>(ck.step));
+  const int64_t seq_len = int_flag(f, "seq-len", 128, 1), windows = int_flag(f, "windows", 256, 1);
+  double loss = 0;
+  {
+    loom::AutocastGuard autocast(precision);
+    loss = loom::evaluate_language_model(ck.model, corpus.val, seq_len, windows);
+  }
+  std::printf("held-out loss %.4f nats, %.4f bits per character (step %lld, %s)\n", loss, loss / std::log(2.0),
+              static_cast<long long>(ck.step), loom::precision_name(precision));
   return 0;
 }
 
@@ -268,9 +296,10 @@ Weights read_weights(const std::string& path_in) {
 int forward(int argc, char** argv) {
   auto flags = parse_flags(argc, argv, 2,
                            {"config", "weights", "input", "output", "mask", "context", "context-mask", "attn-mask",
-                            "attn-bias", "pos", "layer-pos", "src", "tgt"});
+                            "attn-bias", "pos", "layer-pos", "src", "tgt", "precision"});
   for (const char* required : {"weights", "output"})
     if (!flags.count(required)) throw UsageError(std::string("--") + required + " is required");
+  const loom::Precision precision = precision_flag(flags);
   Weights weights = read_weights(flags["weights"]);
   if (!flags.count("config") && weights.config_text.empty())
     throw UsageError("--config is required (only a loom train checkpoint carries its own)");
@@ -282,11 +311,12 @@ int forward(int argc, char** argv) {
   // The flags a model does not take are usage errors, not silently dropped.
   auto only = [&](const std::vector<std::string>& allowed, const std::string& what) {
     for (const auto& [key, value] : flags)
-      if (key != "config" && key != "weights" && key != "output" &&
+      if (key != "config" && key != "weights" && key != "output" && key != "precision" &&
           std::find(allowed.begin(), allowed.end(), key) == allowed.end())
         throw UsageError(what + " does not take --" + key);
   };
   loom::NoGradGuard no_grad;
+  loom::AutocastGuard autocast(precision);
   loom::Tensor out;
   if (model.xtransformer) {
     // x-transformers' XTransformer(src, tgt, mask, attn_mask), as logits:

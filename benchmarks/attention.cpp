@@ -5,9 +5,15 @@
 //   fwd_gflops                 4·b·h·i·j·d / forward time (the two products)
 //   fwd_peak_extra_bytes       peak tensor memory during the forward above
 //                              what existed before, against the naive op
+// seqN_{plain,causal}_bf16: the fused op under bfloat16 autocast against the
+// same op in float32, timed in alternation (fwd_ms, fwdbwd_ms). With bfloat16
+// tiles only on CPUs with AVX512-BF16 (loom-bench says whether); elsewhere
+// both run the float32 op and the ratio is 1.
+#include <cstdio>
 #include <string>
 
 #include <loom/loom.h>
+#include <loom/ops/kernels/kernels.h>
 
 #include "../tests/attention_reference.h"
 #include "bench.h"
@@ -62,6 +68,46 @@ void attention_suite(Reporter& rep) {
       rep.add({"", name, "fwdbwd_ms", "ms", "naive", both, naive_both, false});
     }
   }
+  bool said = false;
+  for (int64_t n : {256, 1024, 2048})
+    for (const bool causal : {false, true}) {
+      const std::string name = "seq" + std::to_string(n) + (causal ? "_causal" : "_plain") + "_bf16";
+      if (!rep.wants(name)) continue;
+      if (!said)
+        std::fprintf(stderr, "attention bf16 cases: bfloat16 tiles %s\n",
+                     kernels::table().gemm_bf16 ? "yes (AVX512-BF16, vdpbf16ps)" : "no: the float32 op runs (ratio 1)");
+      said = true;
+      Tensor q = randn({B, H, n, D}).requires_grad_(), k = randn({B, H, n, D}).requires_grad_(),
+             v = randn({B, H, n, D}).requires_grad_();
+      const Tensor dout = randn({B, H, n, D});
+      AttentionOptions o;
+      o.causal = causal;
+      const int repeat = n >= 2048 ? 2 : rep.repeat();
+      auto fwd = [&](bool bf16) {
+        return [&, bf16] {
+          NoGradGuard g;
+          AutocastGuard autocast(bf16);
+          attention(q, k, v, o);
+        };
+      };
+      auto fwdbwd = [&](bool bf16) {
+        return [&, bf16] {
+          Tensor out;
+          {
+            AutocastGuard autocast(bf16);
+            out = attention(q, k, v, o);
+          }
+          out.backward(dout);
+        };
+      };
+      double f32 = 1e300, f16 = 1e300, b32 = 1e300, b16 = 1e300;
+      for (int round = 0; round < 2; ++round) {  // alternated: a busy moment hits both
+        f32 = std::min(f32, time_ms(fwd(false), repeat)), f16 = std::min(f16, time_ms(fwd(true), repeat));
+        b32 = std::min(b32, time_ms(fwdbwd(false), repeat)), b16 = std::min(b16, time_ms(fwdbwd(true), repeat));
+      }
+      rep.add({"", name, "fwd_ms", "ms", "fp32", f16, f32, false});
+      rep.add({"", name, "fwdbwd_ms", "ms", "fp32", b16, b32, false});
+    }
 }
 
 }  // namespace loom::bench

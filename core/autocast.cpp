@@ -2,6 +2,8 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include <loom/core/error.h>
+
 namespace loom {
 
 namespace {
@@ -22,6 +24,14 @@ AutocastGuard::~AutocastGuard() {
 
 bool autocast_enabled() { return enabled_now; }
 uint64_t autocast_region() { return region; }
+
+Precision parse_precision(const std::string& text, const std::string& option) {
+  if (text == "fp32" || text == "float32") return Precision::Float32;
+  if (text == "bf16" || text == "bfloat16") return Precision::BFloat16;
+  fail(option, " must be fp32 or bf16, got '", text, "'");
+}
+
+const char* precision_name(Precision p) { return p == Precision::BFloat16 ? "bf16" : "fp32"; }
 
 bool native_bf16() {
   const unsigned isa = unsigned(dnnl_get_effective_cpu_isa());

@@ -17,12 +17,23 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace loom {
+
+// The precision a run computes in: Float32, or BFloat16 (autocast on).
+// Spelled "fp32" / "bf16" on the command line and in checkpoints.
+enum class Precision : uint8_t { Float32, BFloat16 };
+
+// "fp32" or "float32", "bf16" or "bfloat16"; anything else throws
+// loom::Error naming `option` (e.g. "loom train: --precision") and the value.
+Precision parse_precision(const std::string& text, const std::string& option);
+const char* precision_name(Precision p);  // "fp32" or "bf16"
 
 class AutocastGuard {
  public:
   explicit AutocastGuard(bool enabled = true);
+  explicit AutocastGuard(Precision p) : AutocastGuard(p == Precision::BFloat16) {}
   ~AutocastGuard();
   AutocastGuard(const AutocastGuard&) = delete;
   AutocastGuard& operator=(const AutocastGuard&) = delete;

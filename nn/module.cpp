@@ -105,7 +105,10 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
       continue;
     }
     const Tensor& dst = it->second;
-    LOOM_CHECK(src.defined() && src.sizes() == dst.sizes() && src.dtype() == dst.dtype(), "load_state_dict: '", name,
+    // bfloat16 into float32 widens exactly: bf16 checkpoints (PyTorch's
+    // model.bfloat16(), x-transformers) load into loom's float32 weights.
+    const bool widens = src.defined() && src.dtype() == kBFloat16 && dst.dtype() == kFloat32;
+    LOOM_CHECK(src.defined() && src.sizes() == dst.sizes() && (src.dtype() == dst.dtype() || widens), "load_state_dict: '", name,
                "' has shape ", src.defined() ? src.sizes() : Shape{}, " ", src.defined() ? dtype_name(src.dtype()) : "undefined",
                ", the module expects ", dst.sizes(), " ", dtype_name(dst.dtype()));
   }
@@ -122,7 +125,7 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
   NoGradGuard no_grad;
   for (const auto& [name, src] : state) {
     auto it = find(own, name);
-    if (it != own.end()) it->second.detach().copy_(src);
+    if (it != own.end()) it->second.detach().copy_(src.dtype() == it->second.dtype() ? src : src.to(it->second.dtype()));
   }
 }
 

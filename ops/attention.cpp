@@ -33,6 +33,7 @@
 #include <cstring>
 #include <vector>
 
+#include <loom/core/autocast.h>
 #include <loom/core/autograd.h>
 #include <loom/core/parallel.h>
 #include <loom/ops/attention.h>
@@ -64,6 +65,31 @@ View4 view4(const Tensor& t) {
   return v;
 }
 
+// count matrices [rows, cols] as bfloat16 pairs of rows (kernels.h,
+// pack_bf16_pairs): the B operands of the bfloat16 tiles, rounded once per
+// call instead of once per tile.
+struct Packed {
+  Tensor storage;  // 4-byte elements from loom's allocator: reused blocks, no page faults, counted in memory stats
+  int64_t ld = 0, per = 0;  // row stride and size of one matrix, in pairs
+  uint32_t* data() const { return static_cast<uint32_t*>(storage.raw_data()); }
+  // Pair row row / 2 (row even) of matrix m.
+  const uint32_t* at(int64_t m, int64_t row) const { return data() + m * per + row / 2 * ld; }
+};
+
+// x: count matrices [rows, cols] with row stride ld (0: cols), rows·ld apart.
+Packed pack_pairs(const float* x, int64_t count, int64_t rows, int64_t cols, int64_t ld = 0) {
+  if (ld == 0) ld = cols;
+  Packed out;
+  out.ld = (cols + 15) / 16 * 16, out.per = (rows + 1) / 2 * out.ld;
+  out.storage = empty({count * out.per});  // every element is written by pack_bf16_pairs
+  uint32_t* dst = out.data();
+  parallel_for(count, rows * cols, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      kernels::table().pack_bf16_pairs(x + m * rows * ld, ld, rows, cols, dst + m * out.per, out.ld);
+  });
+  return out;
+}
+
 // Everything one call needs, shared by the forward and backward passes.
 struct Problem {
   int64_t B = 0, H = 0, G = 0, I = 0, J = 0, D = 0, Dv = 0;
@@ -82,6 +108,13 @@ struct Problem {
   float dropout = 0;
   Generator gen;  // seed and first block of this call's dropout numbers
   uint64_t first_block = 0;
+  // The tile products: float32 (gemm), or under autocast on a CPU with
+  // AVX512-BF16 bfloat16 inputs with float32 sums (bf16: gemm_bf16 with K,
+  // V, Kᵀ and Vᵀ packed once per call; the backward uses the forward's).
+  decltype(kernels::Table::gemm) gemm = nullptr;
+  decltype(kernels::Table::gemm_bf16_packed) gemm_bf16 = nullptr;
+  bool bf16 = false;
+  Packed kTp, vTp, kp, vp;
 
   int64_t kv_head(int64_t h) const { return h % G; }
   // The dropout keep factor for weight (b, h, r, c): 0 or 1 / (1 − p).
@@ -106,6 +139,18 @@ Tensor transpose_padded(const Tensor& x, int64_t JT) {
   return t;
 }
 
+// C = alpha · A · B (+ C when accumulate) for one tile, B at row `row` and
+// column `col` of matrix m: float32 from B (row stride ldb), or bfloat16
+// from its packed copy Bp. (A causal tile with an odd number of keys pairs
+// its last key row of K or V with the next, invisible one, times A's zero
+// padding: only an inf or NaN in that invisible row would show, as NaN.)
+void product(const Problem& p, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb,
+             const Packed& Bp, int64_t m, int64_t row, int64_t col, float* C, int64_t ldc, int64_t rows, int64_t cols,
+             int64_t k, float alpha, bool accumulate) {
+  if (p.bf16) p.gemm_bf16(A, a_rs, a_cs, Bp.at(m, row) + col, Bp.ld, C, ldc, rows, cols, k, alpha, accumulate);
+  else p.gemm(A, a_rs, a_cs, B, ldb, C, ldc, rows, cols, k, alpha, accumulate);
+}
+
 // Per-thread scratch for one tile: logits (later dS) and weights.
 struct Tile {
   std::vector<float> S, P;
@@ -117,11 +162,16 @@ struct Tile {
 // attention computes its gate from.
 void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                  bool with_F) {
-  const kernels::Table& k = kernels::table();
   const int64_t nr = r1 - r0, nc = c1 - c0;
   const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
   const float* KT = p.kT + (b * p.G + p.kv_head(h)) * p.D * p.JT + c0;  // columns c0.. of Kᵀ
-  k.gemm(Q, p.D, 1, KT, p.JT, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+  // The selective gate's logits (with_F false) stay float32 under autocast:
+  // its running sum F grows over the rows and would carry their rounding
+  // into every later weight.
+  if (with_F)
+    product(p, Q, p.D, 1, KT, p.JT, p.kTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+  else
+    p.gemm(Q, p.D, 1, KT, p.JT, t.S.data(), nc, nr, nc, p.D, p.scale, false);
   for (int64_t r = 0; r < nr; ++r) {
     float* row = t.S.data() + r * nc;
     const int64_t R = r0 + r;
@@ -207,7 +257,8 @@ void forward(const Problem& p, float* out, float* lse) {
             for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
         }
         const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
-        k.gemm(t.P.data(), nc, 1, V, p.Dv, O, p.Dv, nr, p.Dv, nc, 1.0f, true);  // O += P V
+        product(p, t.P.data(), nc, 1, V, p.Dv, p.vp, b * p.G + p.kv_head(h), c0, 0, O, p.Dv, nr, p.Dv, nc, 1.0f,
+                true);  // O += P V
       }
       for (int64_t r = 0; r < nr; ++r) {
         // A row that saw no key (m still −∞) is exact zeros, with lse +∞ so
@@ -257,6 +308,7 @@ struct Grad {
   const float *out, *lse, *dout;  // saved O and lse, incoming dO (contiguous)
   std::vector<float> delta;       // Δ_r = Σ_d dO_rd O_rd, [B, H, I]
   const float* dS0 = nullptr;     // selective: extra gradient of head 0's logits, [B, I, J]
+  Packed qp, dOp;                 // bfloat16 tiles: q and dO as B operands of dK and dV
 };
 
 // For one tile: P in t.P, and dS = P ∘ (dP − Δ) in t.S, where dP is taken
@@ -275,7 +327,8 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
   // dP = dO Vᵀ
   const float* VT = p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.JT + c0;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
-  k.gemm(dO, p.Dv, 1, VT, p.JT, t.S.data(), nc, nr, nc, p.Dv, 1.0f, false);  // t.S now holds dP
+  product(p, dO, p.Dv, 1, VT, p.JT, p.vTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc, p.Dv, 1.0f,
+          false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
   const bool extra = g.dS0 && h == 0;
   if (p.dropout == 0 && !extra) {  // the common case: one vector pass per row, in place
@@ -304,7 +357,6 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
   // loops over all of them so each dbias element has one writer.
   const int64_t Bb = dbias ? dbias_shape[0] : p.B, Hb = dbias ? dbias_shape[1] : p.H;
   parallel_for(Bb * Hb * qblocks, kBlock * p.J * (p.D + p.Dv) * (p.B / Bb) * (p.H / Hb), [&](int64_t u0, int64_t u1) {
-    const kernels::Table& k = kernels::table();
     Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
@@ -318,7 +370,8 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
             const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
             grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
             const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
-            k.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            product(p, t.S.data(), nc, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D, nr, p.D, nc, p.scale,
+                    true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -334,7 +387,6 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
 void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
   const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.G * kblocks, kBlock * p.I * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
-    const kernels::Table& k = kernels::table();
     Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
@@ -352,8 +404,10 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
           const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
           const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
           // The transposed tiles are read through strides (row step 1, column step nc).
-          k.gemm(W, 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);       // dV += Pdᵀ dO
-          k.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);       // dK += scale dSᵀ Q
+          product(p, W, 1, nc, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr, 1.0f,
+                  true);  // dV += Pdᵀ dO
+          product(p, t.S.data(), 1, nc, Q, p.D, g.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D, nr, p.scale,
+                  true);  // dK += scale dSᵀ Q
         }
     }
   });
@@ -369,7 +423,6 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
 void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float* dv, float* dbias) {
   const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.G, p.I * p.J * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
-    const kernels::Table& k = kernels::table();
     Tile t;
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
@@ -390,10 +443,13 @@ void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float
             const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
             const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
             const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-            k.gemm(W, 1, nc, dO, p.Dv, dV, p.Dv, nc, p.Dv, nr, 1.0f, true);  // dV += Pdᵀ dO
-            k.gemm(t.S.data(), 1, nc, Q, p.D, dK, p.D, nc, p.D, nr, p.scale, true);  // dK += scale dSᵀ Q
+            product(p, W, 1, nc, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr, 1.0f,
+                    true);  // dV += Pdᵀ dO
+            product(p, t.S.data(), 1, nc, Q, p.D, g.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D, nr, p.scale,
+                    true);  // dK += scale dSᵀ Q
             float* dQ = dq + ((b * p.H + h) * p.I + r0) * p.D;
-            k.gemm(t.S.data(), nc, 1, K, p.D, dQ, p.D, nr, p.D, nc, p.scale, true);  // dQ += scale dS K
+            product(p, t.S.data(), nc, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D, nr, p.D, nc, p.scale,
+                    true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -512,6 +568,13 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   p->kT = kT.data_ptr<float>(), p->vT = vT.data_ptr<float>();
   p->causal = o.causal;
   p->offset = p->J - p->I;
+  const kernels::Table& kt = kernels::table();
+  p->gemm = kt.gemm;
+  if (autocast_enabled() && kt.gemm_bf16_packed && p->D > 0 && p->Dv > 0) {  // (empty heads: nothing to multiply)
+    p->bf16 = true, p->gemm_bf16 = kt.gemm_bf16_packed;
+    // The forward's operands; the backward packs K and Vᵀ when it runs.
+    p->kTp = pack_pairs(p->kT, p->B * p->G, p->D, p->J, p->JT), p->vp = pack_pairs(p->v, p->B * p->G, p->J, p->Dv);
+  }
   {
     NoGradGuard no_grad;
     Tensor mask;  // the two boolean masks combined, at their broadcast shape (not [b, h, i, j])
@@ -551,6 +614,11 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
            Grad g;
            g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();
            g.delta.resize(size_t(p->B * p->H * p->I));
+           if (p->bf16) {
+             p->kp = pack_pairs(p->k, p->B * p->G, p->J, p->D), p->vTp = pack_pairs(p->vT, p->B * p->G, p->Dv, p->J, p->JT);
+             g.qp = pack_pairs(p->q, p->B * p->H, p->I, p->D);
+             g.dOp = pack_pairs(g.dout, p->B * p->H, p->I, p->Dv);
+           }
            for (size_t r = 0; r < g.delta.size(); ++r) {
              double s = 0;
              for (int64_t d = 0; d < p->Dv; ++d) s += double(g.dout[int64_t(r) * p->Dv + d]) * g.out[int64_t(r) * p->Dv + d];

@@ -385,13 +385,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.sizes();
   out_shape.back() = out_features;
   const int64_t rows = numel_of(Shape(x.sizes().begin(), x.sizes().end() - 1));
-  Tensor out;
+  Tensor out, x_rounded;
   if (rows == 0 || out_features == 0 || in == 0) {
     NoGradGuard no_grad;
     out = bias.defined() ? bias.expand(out_shape).contiguous() : zeros(out_shape);  // an empty product is 0
   } else {
     Tensor x2 = x.detach().reshape({rows, in}), b = bias.defined() ? bias.contiguous() : bias;
     const Tensor x_in = autocast ? bf16_operand(x2) : x2, w_in = autocast ? bf16_operand(weight) : weight.detach();
+    if (autocast && weight.requires_grad()) x_rounded = x_in;  // dW's operand, rounded once
     Tensor keep_x, keep_w;
     Operand X = as_operand(x_in, {}, keep_x);
     Operand Wt = as_operand(w_in.t(), {}, keep_w);  // Wᵀ [in, out] as a strided view
@@ -399,9 +400,29 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     primitive_product(X.mat, X.data, Wt.mat, Wt.data, X.bf16, b.defined() ? b.data_ptr<float>() : nullptr,
                       out.data_ptr<float>());
   }
-  record("linear", {x, weight, bias}, out, [x, weight, bias, rows, in, out_features, autocast](const Tensor& g) {
+  record("linear", {x, weight, bias}, out, [x, weight, bias, rows, in, out_features, autocast, x_rounded](const Tensor& g) {
     AutocastGuard precision(autocast);  // the backward's products in the forward's precision
     Tensor g2 = g.reshape({rows, out_features});
+    if (autocast && rows > 0 && out_features > 0 && in > 0) {
+      // g rounded once for both products, x's copy from the forward: the
+      // same operands matmul() would round again, without the conversions.
+      const Tensor g_in = bf16_operand(g2);
+      Tensor keep_g, keep_w, keep_gt, keep_x, dx, dw;
+      const Operand G = as_operand(g_in, {}, keep_g);
+      if (x.requires_grad()) {
+        const Tensor w_in = bf16_operand(weight);  // [out, in]; alive until the product is done
+        const Operand W = as_operand(w_in, {}, keep_w);
+        dx = empty(x.sizes());
+        primitive_product(G.mat, G.data, W.mat, W.data, G.bf16, nullptr, dx.data_ptr<float>());
+      }
+      if (weight.requires_grad()) {
+        const Operand Gt = as_operand(g_in.t(), {}, keep_gt), X = as_operand(x_rounded, {}, keep_x);
+        dw = empty({out_features, in});
+        primitive_product(Gt.mat, Gt.data, X.mat, X.data, Gt.bf16, nullptr, dw.data_ptr<float>());
+      }
+      Tensor db = bias.defined() && bias.requires_grad() ? g2.sum({0}) : Tensor();
+      return Grads{dx, dw, db};
+    }
     Tensor dx = x.requires_grad() ? matmul(g, weight) : Tensor();
     Tensor dw = weight.requires_grad() ? matmul(g2.t(), x.reshape({rows, in})) : Tensor();
     Tensor db = bias.defined() && bias.requires_grad() ? g2.sum({0}) : Tensor();

@@ -159,3 +159,152 @@ TEST_CASE("autocast: a parameter's bfloat16 copy lasts one autocast region") {
   const std::vector<float> f = first.to_vector<float>(), a = again.to_vector<float>();
   for (size_t i = 0; i < f.size(); ++i) CHECK(a[i] == doctest::Approx(2 * f[i]).epsilon(1e-5));
 }
+
+namespace {
+// ‖got − want‖ / ‖want‖ and max |got − want| / max |want| of two tensors.
+std::pair<double, double> relative_errors(const Tensor& got, const Tensor& want) {
+  const std::vector<float> a = got.contiguous().to_vector<float>(), b = want.contiguous().to_vector<float>();
+  double diff2 = 0, ref2 = 0, diff_max = 0, ref_max = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = double(a[i]) - double(b[i]);
+    diff2 += d * d, ref2 += double(b[i]) * b[i];
+    diff_max = std::max(diff_max, std::abs(d)), ref_max = std::max(ref_max, std::abs(double(b[i])));
+  }
+  return {std::sqrt(diff2 / std::max(ref2, 1e-300)), diff_max / std::max(ref_max, 1e-300)};
+}
+}  // namespace
+
+TEST_CASE("bfloat16 tile product: every operand layout against a double product of the rounded inputs") {
+  // Only the avx512bf16 table has it (CPUs with AVX512-BF16).
+  const kernels::Table* bf = nullptr;
+  for_each_isa([&](const std::string&) {
+    if (kernels::table().gemm_bf16) bf = &kernels::table();
+  });
+  if (!bf) {
+    MESSAGE("this CPU has no AVX512-BF16: no bfloat16 tile product to test (autocast attention runs in float32)");
+    return;
+  }
+  Generator g(11);
+  struct Shape3 { int64_t m, n, k; };
+  for (Shape3 s : {Shape3{64, 64, 64}, {37, 45, 33}, {1, 1, 1}, {8, 16, 2}, {70, 12, 70}, {9, 33, 17}, {16, 64, 31}})
+    for (int layout = 0; layout < 3; ++layout)  // A row-major, A transposed, A with both strides > 1
+      for (bool accumulate : {false, true}) {
+        INFO("m ", s.m, " n ", s.n, " k ", s.k, " layout ", layout, " accumulate ", accumulate);
+        const int64_t ldb = s.n + 3, ldc = s.n + 5;
+        std::vector<float> A(size_t(2 * s.m * s.k + 2)), B(size_t(s.k * ldb)), C(size_t(s.m * ldc));
+        for (auto* v : {&A, &B, &C}) *v = randn({int64_t(v->size())}, g).to_vector<float>();
+        const int64_t a_rs = layout == 0 ? s.k : layout == 1 ? 1 : 2 * s.k, a_cs = layout == 0 ? 1 : layout == 1 ? s.m : 2;
+        std::vector<float> got = C;
+        const float alpha = 0.75f;
+        bf->gemm_bf16(A.data(), a_rs, a_cs, B.data(), ldb, got.data(), ldc, s.m, s.n, s.k, alpha, accumulate);
+        std::vector<float> plain = C;
+        bf->gemm(A.data(), a_rs, a_cs, B.data(), ldb, plain.data(), ldc, s.m, s.n, s.k, alpha, accumulate);
+        bool rounded_somewhere = false;
+        for (int64_t r = 0; r < s.m; ++r)
+          for (int64_t c = 0; c < ldc; ++c) {
+            const size_t e = size_t(r * ldc + c);
+            if (c >= s.n) {  // outside the product: untouched
+              REQUIRE(got[e] == C[e]);
+              continue;
+            }
+            double want = 0, size = 0;
+            for (int64_t t = 0; t < s.k; ++t) {
+              const double x = round_ref(A[size_t(r * a_rs + t * a_cs)]), y = round_ref(B[size_t(t * ldb + c)]);
+              want += x * y, size += std::abs(x * y);
+            }
+            want = alpha * want + (accumulate ? C[e] : 0.0);
+            // Exact products, float32 sums: within a few float32 roundings of Σ|xy|.
+            REQUIRE(std::abs(got[e] - want) <= 1e-6 * (alpha * size + std::abs(C[e])) + 1e-30);
+            rounded_somewhere = rounded_somewhere || got[e] != plain[e];
+          }
+        CHECK(rounded_somewhere);
+      }
+}
+
+TEST_CASE("autocast attention: bfloat16 tiles within 1 % of float32 forward and backward, the float32 op where there are none") {
+  struct Variant {
+    const char* name;
+    bool causal, padding, bias, grouped, selective;
+    double dropout;
+  };
+  for_each_isa([&](const std::string& isa) {
+    const bool bf16 = kernels::table().gemm_bf16 != nullptr;
+    for (Variant v : {Variant{"plain", false, false, false, false, false, 0.0}, {"causal", true, false, false, false, false, 0.0},
+                      {"padding+bias", false, true, true, false, false, 0.0}, {"grouped", true, false, false, true, false, 0.0},
+                      {"selective", true, false, false, false, true, 0.0}, {"dropout", false, false, false, false, false, 0.2}}) {
+      const std::string name = v.name;
+      INFO(isa, " ", name);
+      Generator g(21);
+      const int64_t B = 2, H = 4, G = v.grouped ? 2 : 4, I = 70, J = 70, D = 32;
+      Tensor q = randn({B, H, I, D}, g), k = randn({B, G, J, D}, g), vv = randn({B, G, J, D}, g), go = randn({B, H, I, D}, g);
+      AttentionOptions o;
+      o.causal = v.causal, o.selective = v.selective, o.dropout = v.dropout;
+      if (v.padding) {
+        std::vector<bool> keep;
+        for (int64_t j = 0; j < B * J; ++j) keep.push_back(j % 5 != 0);
+        o.key_padding_mask = tensor(keep).view({B, J});
+      }
+      if (v.bias) o.bias = randn({H, I, J}, g);
+      auto run = [&](bool autocast) {
+        std::vector<Tensor> in = {q.detach().requires_grad_(), k.detach().requires_grad_(), vv.detach().requires_grad_()};
+        AttentionOptions oo = o;
+        if (v.bias) oo.bias = o.bias.detach().requires_grad_(), in.push_back(oo.bias);
+        Generator dropout_gen(5);
+        oo.generator = &dropout_gen;
+        Tensor out;
+        {
+          AutocastGuard guard(autocast);
+          out = attention(in[0], in[1], in[2], oo);
+        }
+        out.backward(go);  // the backward runs in the forward's precision
+        std::vector<Tensor> all = {out};
+        for (const Tensor& t : in) all.push_back(t.grad());
+        return all;
+      };
+      const std::vector<Tensor> ref = run(false), got = run(true);
+      const char* what[] = {"out", "dq", "dk", "dv", "dbias"};
+      for (size_t i = 0; i < ref.size(); ++i) {
+        const std::string grad = what[i];
+        INFO(grad);
+        const std::pair<double, double> e = relative_errors(got[i], ref[i]);
+        const double rel = e.first, rel_max = e.second;  // (no structured bindings: clang 14 and doctest's lambdas)
+        if (!bf16) {
+          CHECK(got[i].to_vector<float>() == ref[i].to_vector<float>());  // the exact float32 op
+          continue;
+        }
+        MESSAGE(isa, " ", name, " ", grad, ": relative error ", rel, ", largest ", rel_max, " of the largest value");
+        CHECK(rel <= 1e-2);      // bfloat16 keeps 8 bits: about 0.4 % per rounded input
+        CHECK(rel_max <= 3e-2);
+        CHECK(rel > 1e-5);       // it did round
+      }
+    }
+  });
+}
+
+TEST_CASE("autocast linear against float32: about 0.24 % relative error forward and backward (bound 0.5 %)") {
+  // The figure docs/training.md quotes: random normal inputs, 512 x 256 -> 256.
+  Generator g(12);
+  Tensor x = randn({512, 256}, g).requires_grad_(), w = (randn({256, 256}, g) * 0.05f).requires_grad_();
+  Tensor go = randn({512, 256}, g);
+  Tensor y32 = linear(x, w);
+  y32.backward(go);
+  const Tensor dx32 = x.grad().clone(), dw32 = w.grad().clone();
+  x.grad().zero_(), w.grad().zero_();
+  Tensor y16;
+  {
+    AutocastGuard autocast;
+    y16 = linear(x, w);
+    y16.backward(go);
+  }
+  const Tensor got[] = {y16, x.grad(), w.grad()}, want[] = {y32, dx32, dw32};
+  const char* what[] = {"forward", "dx", "dw"};
+  for (int i = 0; i < 3; ++i) {
+    const std::pair<double, double> e = relative_errors(got[i], want[i]);
+    const std::string name = what[i];
+    INFO(name);
+    MESSAGE("linear ", name, ": relative error ", e.first, ", largest ", e.second, " of the largest value");
+    CHECK(e.first <= 5e-3);
+    CHECK(e.second <= 1e-2);
+    CHECK(e.first > 1e-4);  // it did round
+  }
+}

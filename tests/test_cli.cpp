@@ -53,6 +53,45 @@ TEST_CASE("loom train, generate and eval on a small text") {
   CHECK(e.code == 0);
   CHECK(e.out.find("bits per character") != std::string::npos);
 
+  // bf16: train, generate, eval and forward under autocast; a bad value names the flag.
+  std::filesystem::remove_all("loom_cli_bf16");
+  Run tb = run("train --config loom_cli_config.json --data loom_cli_corpus.txt --out loom_cli_bf16 --steps 30 "
+               "--batch-size 4 --seq-len 32 --lr 1e-2 --warmup 5 --eval-every 30 --eval-batches 1 --precision bf16");
+  CHECK(tb.code == 0);
+  CHECK(tb.out.find("ms per step (bf16)") != std::string::npos);
+  CHECK(loom::load_checkpoint("loom_cli_bf16").precision == loom::Precision::BFloat16);
+  Run gb = run("generate --checkpoint loom_cli_bf16 --prompt \"to be\" --max-tokens 20 --temperature 0 --precision bf16");
+  CHECK(gb.code == 0);
+  CHECK(gb.out.size() == 5 + 20 + 1);
+  Run eb = run("eval --checkpoint loom_cli_bf16 --data loom_cli_corpus.txt --seq-len 32 --windows 4 --precision bf16");
+  Run ef = run("eval --checkpoint loom_cli_bf16 --data loom_cli_corpus.txt --seq-len 32 --windows 4");
+  CHECK(eb.code == 0);
+  CHECK(eb.out.find("bf16)") != std::string::npos);
+  CHECK(ef.out.find("fp32)") != std::string::npos);
+  CHECK(eb.out != ef.out);  // the bf16 evaluation really rounds
+  // loom forward: the bf16 logits are close to the fp32 ones and not the same.
+  loom::write_npy("loom_cli_ids.npy", loom::tensor(std::vector<int64_t>{116, 111, 32, 98, 101}).view({1, 5}));
+  CHECK(run("forward --weights loom_cli_bf16 --input loom_cli_ids.npy --output loom_cli_f32.npy").code == 0);
+  CHECK(run("forward --weights loom_cli_bf16 --input loom_cli_ids.npy --output loom_cli_b16.npy --precision bf16")
+            .code == 0);
+  {
+    const std::vector<float> a = loom::read_npy("loom_cli_f32.npy").to_vector<float>(),
+                             b = loom::read_npy("loom_cli_b16.npy").to_vector<float>();
+    REQUIRE(a.size() == b.size());
+    double diff = 0, size = 0;
+    for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, double(std::abs(a[i] - b[i]))), size = std::max(size, double(std::abs(a[i])));
+    CHECK(diff > 0);
+    CHECK(diff <= 0.05 * size);
+  }
+  for (const char* f : {"loom_cli_ids.npy", "loom_cli_f32.npy", "loom_cli_b16.npy"}) std::remove(f);
+  Run bad_precision = run("train --config loom_cli_config.json --data loom_cli_corpus.txt --out loom_cli_bf16 "
+                          "--precision fp16");
+  CHECK(bad_precision.code == 2);
+  CHECK(bad_precision.err == "loom train: --precision must be fp32 or bf16, got 'fp16' (try 'loom train --help')\n");
+  CHECK(run("generate --checkpoint loom_cli_bf16 --prompt hi --precision 16").err ==
+        "loom generate: --precision must be fp32 or bf16, got '16' (try 'loom generate --help')\n");
+  std::filesystem::remove_all("loom_cli_bf16");
+
   // Ctrl-C: SIGINT after 2 s stops a long run with a checkpoint and exit code 130.
   std::filesystem::remove_all("loom_cli_run");
   const std::string long_run = std::string("timeout --preserve-status -s INT 2 ") + LOOM_CLI +

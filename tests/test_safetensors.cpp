@@ -125,6 +125,24 @@ TEST_CASE("A model saved and loaded back gives the same outputs, load_state_dict
   CHECK(a.forward(tokens).to_vector<float>() == b.forward(tokens).to_vector<float>());
   std::remove("loom_model.safetensors");
 
+  // A bfloat16 checkpoint (PyTorch's model.bfloat16()) loads into the float32
+  // weights exactly widened: the model then computes with the rounded weights.
+  {
+    NamedTensorList half;
+    for (auto& [name, t] : a.state_dict()) half.emplace_back(name, t.to(kBFloat16));
+    save_safetensors("loom_model_bf16.safetensors", half);
+    SafetensorsFile f = load_safetensors("loom_model_bf16.safetensors");
+    CHECK(f.tensors[0].second.dtype() == kBFloat16);
+    b.load_state_dict(f.tensors);
+    for (size_t i = 0; i < half.size(); ++i) {
+      CAPTURE(half[i].first);
+      CHECK(b.state_dict()[i].second.dtype() == kFloat32);
+      CHECK(b.state_dict()[i].second.to_vector<float>() == half[i].second.to(kFloat32).to_vector<float>());
+    }
+    CHECK(a.forward(tokens).to_vector<float>() != b.forward(tokens).to_vector<float>());  // rounded weights
+    std::remove("loom_model_bf16.safetensors");
+  }
+
   nn::NamedTensors state = a.state_dict();
   state.pop_back();
   CHECK_THROWS_WITH_AS(b.load_state_dict(state), "load_state_dict: missing keys: to_logits.weight", Error);
@@ -136,6 +154,11 @@ TEST_CASE("A model saved and loaded back gives the same outputs, load_state_dict
   state[0].second = zeros({13, 9});
   CHECK_THROWS_WITH_AS(b.load_state_dict(state),
                        "load_state_dict: 'token_emb.emb.weight' has shape [13, 9] float32, the module expects [13, 8] "
+                       "float32",
+                       Error);
+  state[0].second = zeros({13, 8}).to(kInt64);  // only bfloat16 widens into float32
+  CHECK_THROWS_WITH_AS(b.load_state_dict(state),
+                       "load_state_dict: 'token_emb.emb.weight' has shape [13, 8] int64, the module expects [13, 8] "
                        "float32",
                        Error);
 }

@@ -126,6 +126,7 @@ struct CheckpointFile {
   std::string path, config_text;
   int64_t step = 0;
   uint64_t data_seed = 0, data_offset = 0, rng_seed = 0, rng_offset = 0;
+  Precision precision = Precision::Float32;
   NamedTensorList model, optim;
 };
 
@@ -153,6 +154,8 @@ CheckpointFile read_checkpoint(const std::string& path) {
   c.step = int64_t(number("step", uint64_t(INT64_MAX)));
   c.data_seed = number("data_seed", UINT64_MAX), c.data_offset = number("data_offset", UINT64_MAX);
   c.rng_seed = number("rng_seed", UINT64_MAX), c.rng_offset = number("rng_offset", UINT64_MAX);
+  if (f.metadata.count("precision"))  // absent in checkpoints from before bfloat16: those ran in float32
+    c.precision = parse_precision(text("precision"), "load_checkpoint: '" + path + "': metadata 'precision'");
   for (auto& [name, t] : f.tensors) {
     if (name.rfind("model.", 0) == 0) c.model.emplace_back(name.substr(6), t);
     else if (name.rfind("optim.", 0) == 0) c.optim.emplace_back(name.substr(6), t);
@@ -238,6 +241,7 @@ Checkpoint load_checkpoint(const std::string& path_in) {
   Checkpoint c;
   c.config_text = f.config_text;
   c.step = f.step;
+  c.precision = f.precision;
   c.model = model_from_json(c.config_text, path + " (config)");
   c.model.module().load_state_dict(f.model);
   return c;
@@ -284,6 +288,7 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   int64_t step = 0;
   int64_t saved_step = -1;  // the step of the checkpoint on disk from this run (or the one resumed), -1: none
   std::vector<Point> train_curve, val_curve;
+  Precision precision = tc.precision.value_or(Precision::Float32);
 
   if (resume) {
     LOOM_CHECK(fs::exists(ckpt_path), "train: --resume given but '", ckpt_path, "' does not exist");
@@ -294,6 +299,12 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
                                               parse_json(config_text, "train: the config"), "");
     LOOM_CHECK(diff.empty(), "train: cannot resume from '", ckpt_path, "' with a different config: ", diff,
                " (resume with the config the run started with, or train into a new --out)");
+    // Another precision would change the numbers of a run that promises the
+    // losses of an uninterrupted one.
+    LOOM_CHECK(!tc.precision || *tc.precision == f.precision, "train: cannot resume from '", ckpt_path,
+               "' with precision ", precision_name(*tc.precision), ": the run trains in ", precision_name(f.precision),
+               " (leave the precision out, --precision, to keep it, or train into a new --out)");
+    precision = f.precision;
     net.load_state_dict(f.model);
     opt.load_state_dict(f.optim);
     LOOM_CHECK(opt.steps() <= f.step, "train: '", ckpt_path, "' holds an optimizer at step ", opt.steps(),
@@ -324,7 +335,8 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
                      {{"config", config_text}, {"step", std::to_string(step)},
                       {"data_seed", std::to_string(data_gen.seed())}, {"data_offset", std::to_string(data_gen.offset())},
                       {"rng_seed", std::to_string(default_generator().seed())},
-                      {"rng_offset", std::to_string(default_generator().offset())}, {"format", "loom-checkpoint-1"}});
+                      {"rng_offset", std::to_string(default_generator().offset())},
+                      {"precision", precision_name(precision)}, {"format", "loom-checkpoint-1"}});
     saved_step = step;
   };
 
@@ -332,6 +344,8 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   const bool tty = isatty(STDOUT_FILENO);
   AppendFile metrics(metrics_path, "train");
   TrainResult result;
+  result.precision = precision;
+  const bool bf16 = precision == Precision::BFloat16;
   const auto start = Clock::now();
   const int64_t first_step = step;
   double step_seconds = 0;
@@ -346,6 +360,9 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
     opt.zero_grad();
     double loss_sum = 0;
     for (int64_t a = 0; a < tc.grad_accum; ++a) {
+      // One autocast region per batch: parameters' bfloat16 copies are made
+      // once for its forward and backward, and AdamW (below) runs in float32.
+      AutocastGuard autocast(bf16);
       Tensor batch = sample_windows(corpus.train, tc.batch_size, tc.seq_len + 1, data_gen);
       Tensor loss = ar.loss(batch);
       (tc.grad_accum > 1 ? loss / float(tc.grad_accum) : loss).backward();
@@ -398,7 +415,10 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
                   static_cast<long long>(tc.steps), result.train_loss, tok_s, format_eta(eta).c_str());
     }
     if (step % tc.eval_every == 0 || step == tc.steps) {
-      result.val_loss = evaluate_language_model(model, corpus.val, tc.seq_len, eval_windows);
+      {
+        AutocastGuard autocast(bf16);
+        result.val_loss = evaluate_language_model(model, corpus.val, tc.seq_len, eval_windows);
+      }
       metrics.append(
           nlohmann::json{{"step", step}, {"val_loss", result.val_loss}, {"val_bpc", result.val_loss / std::log(2.0)}}
               .dump() +

@@ -10,8 +10,10 @@
 // written before is left as it was.
 #pragma once
 
+#include <optional>
 #include <string>
 
+#include <loom/core/autocast.h>
 #include <loom/models/config.h>
 #include <loom/train/data.h>
 
@@ -39,6 +41,11 @@ struct TrainConfig {
   // with an error; true skips the step (no update; logged as
   // {"step": N, "skipped": "..."}), and stops only after 10 in a row.
   bool skip_nonfinite = false;
+  // Float32, or BFloat16: forward, backward and evaluations under an
+  // AutocastGuard (core/autocast.h); weights, gradients and AdamW stay
+  // float32. Stored in the checkpoint: unset, a resumed run keeps the
+  // checkpoint's and a new run is Float32; set, a resume must match it.
+  std::optional<Precision> precision;
 };
 
 struct TrainResult {
@@ -49,6 +56,7 @@ struct TrainResult {
   int64_t skipped_steps = 0;         // with skip_nonfinite: steps not applied
   double seconds_per_step = 0;       // wall time of this run's steps (evaluations excluded)
   int64_t peak_memory_bytes = 0;     // largest tensor memory in use during this run
+  Precision precision = Precision::Float32;  // what the run computed in
 };
 
 // Trains model (a causal TransformerWrapper over byte tokens) on the corpus.
@@ -58,7 +66,8 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
                                  const TrainConfig& config, bool resume = false);
 
 // Mean next-byte loss (nats) over the first eval_batches · batch_size
-// windows of `data`; bits per character = loss / ln 2.
+// windows of `data`; bits per character = loss / ln 2. In the caller's
+// precision (an AutocastGuard around it evaluates in bfloat16).
 double evaluate_language_model(const LoadedModel& model, const std::vector<uint8_t>& data, int64_t seq_len,
                                int64_t windows);
 
@@ -69,6 +78,7 @@ struct Checkpoint {
   std::string config_text;
   LoadedModel model;
   int64_t step = 0;
+  Precision precision = Precision::Float32;  // the run's (metadata "precision"; older checkpoints: fp32)
 };
 Checkpoint load_checkpoint(const std::string& path);
 

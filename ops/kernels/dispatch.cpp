@@ -1,5 +1,7 @@
 // Picks the kernel table for this CPU. Compiled without any ISA flags, so it
 // runs everywhere.
+#include <cpuid.h>
+
 #include <atomic>
 #include <cstdlib>
 
@@ -13,11 +15,20 @@ namespace loom::kernels {
 const Table& table_sse2();
 const Table& table_avx2();
 const Table& table_avx512();
+const Table& table_avx512bf16();
 
 namespace {
+// AVX512-BF16 (vdpbf16ps): CPUID leaf 7, sub-leaf 1, EAX bit 5 (xsimd does not report it).
+bool cpu_has_avx512_bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 5 & 1u);
+}
+
 const Table* for_name(const std::string& name) {
   auto cpu = xsimd::available_architectures();
-  if (name == "avx512" && cpu.avx512f && cpu.avx512cd && cpu.avx512dq && cpu.avx512bw && cpu.fma3_avx2) return &table_avx512();
+  const bool avx512 = cpu.avx512f && cpu.avx512cd && cpu.avx512dq && cpu.avx512bw && cpu.fma3_avx2;
+  if (name == "avx512bf16" && avx512 && cpu_has_avx512_bf16()) return &table_avx512bf16();
+  if (name == "avx512" && avx512) return &table_avx512();
   if (name == "avx2" && cpu.avx2 && cpu.fma3_avx2) return &table_avx2();
   if (name == "sse2" && cpu.sse2) return &table_sse2();
   return nullptr;
@@ -29,7 +40,7 @@ const Table* choose() {
   if (const char* env = std::getenv("LOOM_SIMD")) {
     const Table* t = for_name(env);
     LOOM_CHECK(t != nullptr, "LOOM_SIMD=", env, ": not an instruction set this CPU supports (", isas[0],
-               " is the best it has; choose from avx512, avx2, sse2)");
+               " is the best it has; choose from avx512bf16, avx512, avx2, sse2)");
     return t;
   }
   return for_name(isas[0]);
@@ -40,7 +51,7 @@ std::atomic<const Table*> current{nullptr};
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
-  for (const char* name : {"avx512", "avx2", "sse2"})
+  for (const char* name : {"avx512bf16", "avx512", "avx2", "sse2"})
     if (for_name(name)) out.push_back(name);
   return out;
 }

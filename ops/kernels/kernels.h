@@ -104,12 +104,29 @@ struct Table {
   void (*to_bf16)(const float* x, uint16_t* y, int64_t n);
   // y[i] = float(bfloat16(x[i])): x rounded to bfloat16 precision, as float.
   void (*round_bf16)(const float* x, float* y, int64_t n);
+
+  // gemm with A and B rounded to bfloat16 and the products summed in float32
+  // (vdpbf16ps): the attention tiles under autocast. Only the "avx512bf16"
+  // table has it (CPUs with AVX512-BF16); null elsewhere, where autocast
+  // attention runs the float32 gemm.
+  void (*gemm_bf16)(const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C, int64_t ldc,
+                    int64_t m, int64_t n, int64_t k, float alpha, bool accumulate);
+  // The same in two steps, so a B read by many tiles is rounded once:
+  // pack_bf16_pairs writes B [k, n] as pairs of rows, bfloat16 bits
+  //   Bp[p][j] = B[2p][j] | B[2p+1][j] << 16   (p < ⌈k/2⌉, j < ⌈n/16⌉·16; 0 past k and n)
+  // with row stride ldp >= ⌈n/16⌉·16; gemm_bf16_packed multiplies by it
+  // (ldp as given, and columns up to ⌈n/16⌉·16 must be readable). An odd
+  // row of B starts no pair: tiles begin at even rows.
+  void (*pack_bf16_pairs)(const float* B, int64_t ldb, int64_t k, int64_t n, uint32_t* Bp, int64_t ldp);
+  void (*gemm_bf16_packed)(const float* A, int64_t a_rs, int64_t a_cs, const uint32_t* Bp, int64_t ldp, float* C,
+                           int64_t ldc, int64_t m, int64_t n, int64_t k, float alpha, bool accumulate);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by
-// the environment variable LOOM_SIMD=sse2|avx2|avx512 or set_isa().
+// the environment variable LOOM_SIMD=sse2|avx2|avx512|avx512bf16 or set_isa().
 const Table& table();
-// The instruction sets this CPU can run, best first ("avx512", "avx2", "sse2").
+// The instruction sets this CPU can run, best first ("avx512bf16", "avx512",
+// "avx2", "sse2"); avx512bf16 is avx512 plus the bfloat16 tile product.
 std::vector<std::string> available_isas();
 // Switches every later kernel call to the named set (tests use this to
 // check each path); throws loom::Error for a set this CPU cannot run.

@@ -1,0 +1,171 @@
+// The attention tile product with bfloat16 inputs (built with AVX-512 F, BW,
+// VL and BF16 flags; dispatch.cpp installs it only on CPUs with AVX512-BF16).
+//
+//   C[m, n] = alpha · A[m, k] · B[k, n]  (+ C when accumulate)
+//
+// with the same operand layout as Table::gemm. A and B are rounded to
+// bfloat16 (to nearest even, as core/dtype.h's BFloat16) while they are
+// packed, then vdpbf16ps multiplies pairs of them and adds both products to
+// a float32 accumulator: 32 products per instruction where the float32
+// kernel does 16. (vdpbf16ps treats subnormal inputs as zero and flushes
+// subnormal results: below 1e-38, far under bfloat16's own precision.)
+//
+// Packing: B as pairs of rows, Bp[p][j] = (B[2p][j], B[2p+1][j]) in one
+// 32-bit lane, columns padded to a multiple of 16 with zeros; A as pairs
+// along k, Ap(r, p) = (A[r][2p], A[r][2p+1]), read by broadcast. An odd k
+// gets a zero partner.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <loom/ops/kernels/kernels.h>
+
+namespace loom::kernels {
+
+namespace {
+
+inline uint32_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (u >> 16) | 0x40;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// The first `count` of 16 lanes (none for count <= 0).
+inline __mmask16 first(int64_t count) {
+  return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+
+// 32 values rounded to bfloat16 in order: lo's 16, then hi's (vcvtne2ps2bf16
+// rounds to nearest even like BFloat16(float); it flushes subnormals, which
+// vdpbf16ps would treat as zero anyway).
+inline __m512i in_order(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
+
+// Pairs (lo[i], hi[i]) in 32-bit lane i.
+inline __m512i interleaved(__m512 lo, __m512 hi) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, in_order(lo, hi));
+}
+
+// Rows [r, r + R) of C, columns [col, col + 16 · NB): Ap(r, p) = ap[r · sr + p · sp].
+template <int R, int NB>
+inline void block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp, int64_t ldp, int64_t kp, float* c,
+                  int64_t ldc, int64_t r, int64_t col, int64_t n, float alpha, bool accumulate) {
+  __m512 acc[R][NB];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp; ++p) {
+    __m512bh b[NB];
+    for (int j = 0; j < NB; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + p * ldp + col + 16 * j);
+    for (int i = 0; i < R; ++i) {
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(int(ap[(r + i) * sr + p * sp]));
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], x, b[j]);
+    }
+  }
+  const __m512 al = _mm512_set1_ps(alpha);
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NB; ++j) {
+      float* dst = c + (r + i) * ldc + col + 16 * j;
+      const __mmask16 mask = first(n - col - 16 * j);
+      __m512 v = _mm512_mul_ps(acc[i][j], al);
+      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst));
+      _mm512_mask_storeu_ps(dst, mask, v);
+    }
+}
+
+template <int R>
+inline void row_block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp, int64_t ldp, int64_t kp,
+                      float* c, int64_t ldc, int64_t r, int64_t n, float alpha, bool accumulate) {
+  int64_t col = 0;
+  for (; col + 16 < n; col += 32) block<R, 2>(ap, sr, sp, bp, ldp, kp, c, ldc, r, col, n, alpha, accumulate);
+  if (col < n) block<R, 1>(ap, sr, sp, bp, ldp, kp, c, ldc, r, col, n, alpha, accumulate);
+}
+
+// Bp[p][j] = (B[2p][j], B[2p+1][j]) for p < ⌈k/2⌉, j < ⌈n/16⌉·16 (zeros past n and past k).
+void pack_bf16_pairs(const float* b, int64_t ldb, int64_t k, int64_t n, uint32_t* bp, int64_t ldp) {
+  const int64_t kp = (k + 1) / 2, width = (n + 15) / 16 * 16;
+  for (int64_t p = 0; p < kp; ++p) {
+    const float* b0 = b + 2 * p * ldb;
+    const bool pair = 2 * p + 1 < k;
+    for (int64_t j = 0; j < width; j += 16) {  // masked tail loads give zeros
+      const __mmask16 mask = first(n - j);
+      const __m512 lo = _mm512_maskz_loadu_ps(mask, b0 + j);
+      const __m512 hi = pair ? _mm512_maskz_loadu_ps(mask, b0 + ldb + j) : _mm512_setzero_ps();
+      _mm512_storeu_si512(bp + p * ldp + j, interleaved(lo, hi));
+    }
+  }
+}
+
+void gemm_bf16_packed(const float* a, int64_t a_rs, int64_t a_cs, const uint32_t* bp, int64_t ldp, float* c,
+                      int64_t ldc, int64_t m, int64_t n, int64_t k, float alpha, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t kp = (k + 1) / 2;
+  thread_local std::vector<uint32_t> A;  // the packed A, reused across calls
+  A.resize(size_t(m * kp + 16));
+  // A: Ap(r, p) at A[r · sr + p · sp], in whichever order lets the loads be contiguous.
+  int64_t sr = kp, sp = 1;
+  if (a_cs == 1) {  // rows contiguous: 16 pairs (32 values) of a row at a time
+    for (int64_t r = 0; r < m; ++r) {
+      const float* ar = a + r * a_rs;
+      for (int64_t t = 0; t < 2 * kp; t += 32) {
+        const __m512 x0 = _mm512_maskz_loadu_ps(first(k - t), ar + t);
+        const __m512 x1 = _mm512_maskz_loadu_ps(first(k - t - 16), ar + t + 16);
+        _mm512_mask_storeu_epi32(A.data() + r * kp + t / 2, first(kp - t / 2), in_order(x0, x1));
+      }
+    }
+  } else if (a_rs == 1) {  // columns contiguous (a transposed tile): 16 rows of a pair at a time
+    sr = 1, sp = m;
+    for (int64_t p = 0; p < kp; ++p) {
+      const float* a0 = a + 2 * p * a_cs;
+      const bool pair = 2 * p + 1 < k;
+      for (int64_t r = 0; r < m; r += 16) {
+        const __mmask16 mask = first(m - r);
+        const __m512 lo = _mm512_maskz_loadu_ps(mask, a0 + r);
+        const __m512 hi = pair ? _mm512_maskz_loadu_ps(mask, a0 + a_cs + r) : _mm512_setzero_ps();
+        _mm512_mask_storeu_epi32(A.data() + p * m + r, mask, interleaved(lo, hi));
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t p = 0; p < kp; ++p) {
+        const uint32_t lo = bf16_bits(a[r * a_rs + 2 * p * a_cs]);
+        const uint32_t hi = 2 * p + 1 < k ? bf16_bits(a[r * a_rs + (2 * p + 1) * a_cs]) : 0u;
+        A[size_t(r * kp + p)] = lo | hi << 16;
+      }
+  }
+  int64_t r = 0;
+  for (; r + 8 <= m; r += 8) row_block<8>(A.data(), sr, sp, bp, ldp, kp, c, ldc, r, n, alpha, accumulate);
+  for (; r < m; ++r) row_block<1>(A.data(), sr, sp, bp, ldp, kp, c, ldc, r, n, alpha, accumulate);
+}
+
+void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t m, int64_t n, int64_t k, float alpha, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t ldp = (n + 15) / 16 * 16;
+  thread_local std::vector<uint32_t> B;
+  B.resize(size_t((k + 1) / 2 * ldp + 16));
+  pack_bf16_pairs(b, ldb, k, n, B.data(), ldp);
+  gemm_bf16_packed(a, a_rs, a_cs, B.data(), ldp, c, ldc, m, n, k, alpha, accumulate);
+}
+
+}  // namespace
+
+const Table& table_avx512();
+
+const Table& table_avx512bf16() {
+  static const Table t = [] {
+    Table x = table_avx512();
+    x.name = "avx512bf16";
+    x.gemm_bf16 = &gemm_bf16;
+    x.pack_bf16_pairs = &pack_bf16_pairs;
+    x.gemm_bf16_packed = &gemm_bf16_packed;
+    return x;
+  }();
+  return t;
+}
+
+}  // namespace loom::kernels
