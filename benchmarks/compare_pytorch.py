@@ -147,6 +147,8 @@ def run_loom(bench, case, threads):
     got = {}
     for line in out.splitlines():
         r = json.loads(line)
+        if r["case"] != f"{case}_t{threads}":  # the filter also matches the _bf16 case: fp32 only here
+            continue
         got[r["metric"]] = r["value"]
         if r["metric"] == "train_gflops":
             got["peak_gflops"] = r["baseline_value"]

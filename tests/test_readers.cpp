@@ -265,24 +265,27 @@ TEST_CASE("The fuzz targets' seeds (tests/fuzz/corpus) are valid files their rea
   const std::map<std::string, Shape> npy = {{"f4_3.npy", {3}},       {"f4_2x3_v2.npy", {2, 3}}, {"f8_2x2.npy", {2, 2}},
                                             {"i8_scalar.npy", {}},   {"i4_4.npy", {4}},         {"b1_2x2.npy", {2, 2}},
                                             {"f4_0x5.npy", {0, 5}}};
-  for (const auto& [name, shape] : npy) {
+  for (const auto& entry : npy) {  // no structured bindings: CAPTURE is a lambda (clang 14)
+    const std::string& name = entry.first;
     CAPTURE(name);
-    CHECK(read_npy(root + "npy/" + name).sizes() == shape);
+    CHECK(read_npy(root + "npy/" + name).sizes() == entry.second);
   }
   const std::map<std::string, size_t> safetensors = {{"f32.safetensors", 1}, {"mixed.safetensors", 4},
                                                      {"f16_f64.safetensors", 2}, {"empty.safetensors", 0},
                                                      {"checkpoint.safetensors", 4}};
-  for (const auto& [name, count] : safetensors) {
+  for (const auto& entry : safetensors) {
+    const std::string& name = entry.first;
     CAPTURE(name);
-    CHECK(load_safetensors(root + "safetensors/" + name).tensors.size() == count);
+    CHECK(load_safetensors(root + "safetensors/" + name).tensors.size() == entry.second);
   }
   const std::map<std::string, std::string> configs = {
       {"decoder.json", "TransformerWrapper"},       {"encoder_alibi.json", "TransformerWrapper"},
       {"decoder_t5_selective.json", "TransformerWrapper"}, {"continuous.json", "ContinuousTransformerWrapper"},
       {"vit.json", "ViTransformerWrapper"},         {"xtransformer.json", "XTransformer"}};
-  for (const auto& [name, wrapper] : configs) {
+  for (const auto& entry : configs) {
+    const std::string& name = entry.first;
     CAPTURE(name);
-    CHECK(model_from_config_file(root + "config/" + name).wrapper == wrapper);
+    CHECK(model_from_config_file(root + "config/" + name).wrapper == entry.second);
   }
   // Every seed is one of those.
   size_t files = 0;
