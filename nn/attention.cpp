@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include <loom/core/autograd.h>
@@ -384,10 +385,24 @@ void prune(KVCache& c, int64_t budget) {
     std::sort(kept.begin(), kept.end());
     keep.insert(keep.end(), kept.begin(), kept.end());
   }
-  Tensor index = from_vector(keep, {b, budget});
-  auto take = [&](const Tensor& t) {  // (b, cached) or (b, heads, cached, d): the kept columns
-    if (t.dim() == 2) return gather(t, 1, index);
-    return gather(t, 2, index.view({b, 1, budget, 1}).expand({b, t.size(1), budget, t.size(3)}).contiguous());
+  // The kept columns of (b, cached) or (b, heads, cached, d), copied row by
+  // row into tensors of the budget's size (a plain copy: this runs every step).
+  auto take = [&](const Tensor& t) {
+    Tensor src = t.contiguous();
+    const bool rows4 = t.dim() == 4;
+    const int64_t heads = rows4 ? t.size(1) : 1, d = rows4 ? t.size(3) : 1;
+    Shape shape = t.sizes();
+    shape[rows4 ? 2 : 1] = budget;
+    Tensor out = empty(shape, t.dtype());
+    const size_t row = size_t(d) * element_size(t.dtype());
+    const char* from = static_cast<const char*>(src.raw_data());
+    char* to = static_cast<char*>(out.raw_data());
+    for (int64_t r = 0; r < b; ++r)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t j = 0; j < budget; ++j)
+          std::memcpy(to + size_t((r * heads + h) * budget + j) * row,
+                      from + size_t((r * heads + h) * n + keep[size_t(r * budget + j)]) * row, row);
+    return out;
   };
   c.k = take(c.k), c.v = take(c.v), c.F = take(c.F), c.pos = take(c.pos);
   if (c.mask.defined()) c.mask = take(c.mask);
