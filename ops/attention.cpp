@@ -558,8 +558,8 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
                    carry_out.defined() ? carry_out.data_ptr<float>() : nullptr);
     p->carry = nullptr, p->gated = nullptr;  // only the gate reads them; the backward needs F and G only
     if (o.selective_carry_out) *o.selective_carry_out = carry_out;
+    p->F = F.data_ptr<float>();
   }
-  if (o.selective) p->F = F.data_ptr<float>();
   Tensor out = empty({p->B, p->H, p->I, p->Dv}), lse = empty({p->B, p->H, p->I});
   forward(*p, out.data_ptr<float>(), lse.data_ptr<float>());
 
