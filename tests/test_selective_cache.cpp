@@ -38,6 +38,47 @@ std::vector<Case> encodings() {
 }
 }  // namespace
 
+TEST_CASE("Selective attention: the op's carry splits one call into two with the same outputs") {
+  // Queries 0..3 with their keys, then queries 4..9 with all keys and the
+  // first call's F carried: the rows of one call over all ten.
+  Generator g(12);
+  const int64_t B = 2, H = 2, T = 10, D = 8, cut = 4;
+  Tensor q = randn({B, H, T, D}, g), k = randn({B, H, T, D}, g), v = randn({B, H, T, D}, g);
+  Tensor pad = ones({B, T}, kBool);
+  pad.select(0, 1).narrow(0, 0, 2).fill_(0.0);  // row 1: its first two keys hidden
+  for (bool padded : {false, true}) {
+    CAPTURE(padded);
+    AttentionOptions o;
+    o.causal = true, o.selective = true;
+    if (padded) o.key_padding_mask = pad;
+    Tensor full = attention(q, k, v, o);
+    Tensor gated = ones({B, T}, kBool);
+    gated.narrow(1, 0, 1).fill_(0.0);  // position 0 is never gated
+    AttentionOptions first = o;
+    Tensor carry;
+    first.selective_carry = zeros({B, cut});
+    first.selective_gated = gated.narrow(1, 0, cut).contiguous();
+    first.selective_carry_out = &carry;
+    if (padded) first.key_padding_mask = pad.narrow(1, 0, cut).contiguous();
+    Tensor a = attention(q.narrow(2, 0, cut), k.narrow(2, 0, cut), v.narrow(2, 0, cut), first);
+    AttentionOptions second = o;
+    second.selective_carry = cat({carry, zeros({B, T - cut})}, 1);
+    second.selective_gated = gated;
+    Tensor b = attention(q.narrow(2, cut, T - cut), k, v, second);
+    CHECK(all_close(values(cat({a, b}, 2)), values(full), 1e-5f, 1e-5f));
+    CHECK(max(carry).item<float>() > 0);
+  }
+  AttentionOptions o;
+  o.causal = true;
+  o.selective_carry = zeros({B, T});
+  CHECK_THROWS_WITH_AS(attention(q, k, v, o),
+                       "attention: selective_carry, selective_gated and selective_carry_out need selective = true", Error);
+  o.selective = true;
+  o.selective_carry = zeros({B, T - 1});
+  CHECK_THROWS_WITH_AS(attention(q, k, v, o), "attention: selective_carry must be float32 [b, j] = [2, 10], got float32 [2, 9]",
+                       Error);
+}
+
 TEST_CASE("Selective attention: KV-cached decoding gives the logits of the full forward, with and without padding") {
   Generator g(1);
   const int64_t T = 9;
