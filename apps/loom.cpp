@@ -1,7 +1,7 @@
 // The loom command line:
 //
 //   loom train     --config C.json --data PATH --out DIR [--steps --batch-size --seq-len --lr ...]
-//   loom generate  --checkpoint DIR --prompt TEXT [--max-tokens --temperature --top-k --top-p --min-p]
+//   loom generate  --checkpoint DIR --prompt TEXT [--max-tokens --temperature --top-k --top-p --min-p --selective-budget]
 //   loom eval      --checkpoint DIR --data PATH
 //   loom forward   --config C.json --weights W.safetensors --input in.npy --output out.npy [...]
 //   loom forward   --config C.json --weights W.safetensors --src S.npy --tgt T.npy --output out.npy
@@ -78,6 +78,9 @@ const char* kGenerateUsage =
     "  --top-k N         keep the k most likely tokens; 0 = off (0)\n"
     "  --top-p X         nucleus sampling; 0 = off (0)\n"
     "  --min-p X         keep tokens with p >= X * max p; 0 = off (0)\n"
+    "  --selective-budget K  selective attention's context pruning: keep at most K\n"
+    "                    positions per layer in the KV cache, evicting the most\n"
+    "                    masked; needs a model trained with selective attention; 0 = off (0)\n"
     "  --seed N          sampling seed (0)\n"
     "  --precision P     fp32, or bf16: the forward under bfloat16 autocast (fp32)\n";
 
@@ -223,8 +226,8 @@ int train(int argc, char** argv) {
 }
 
 int generate(int argc, char** argv) {
-  auto f = parse_flags(argc, argv, 2, {"checkpoint", "prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p", "seed",
-                                          "precision"});
+  auto f = parse_flags(argc, argv, 2, {"checkpoint", "prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p",
+                                      "seed", "precision", "selective-budget"});
   for (const char* required : {"checkpoint", "prompt"})
     if (!f.count(required)) throw UsageError(std::string("--") + required + " is required");
   if (f["prompt"].empty()) throw UsageError("--prompt must not be empty");
@@ -237,6 +240,9 @@ int generate(int argc, char** argv) {
   o.top_p = num_flag(f, "top-p", 0, 0);
   o.min_p = num_flag(f, "min-p", 0, 0);
   if (o.top_p > 1 || o.min_p > 1) throw UsageError("--top-p and --min-p must be at most 1");
+  o.selective_budget = int_flag(f, "selective-budget", 0, 0);
+  if (o.selective_budget > 0 && !ck.model.transformer->attn_layers->config.attn.selective)
+    throw UsageError("--selective-budget needs a checkpoint trained with selective attention");
   const int64_t n = int_flag(f, "max-tokens", 200, 0);
   std::vector<int64_t> ids(f["prompt"].begin(), f["prompt"].end());
   for (int64_t& id : ids) id = int64_t(uint8_t(id));

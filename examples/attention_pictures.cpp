@@ -4,6 +4,11 @@
 // down, key j across, one square per entry. Weights are coloured dark blue
 // (0) to yellow (the row's largest weight: each row is one softmax, scaled
 // so its shape shows); masked-out entries are black.
+//
+// With --checkpoint DIR (a `loom train` run of configs/charlm_selective.json)
+// it also renders pruning.png: a held-out fortune decoded a byte a step with
+// at most --budget positions per layer in the KV cache (selective attention's
+// context pruning), showing which positions survive.
 #include <loom/loom.h>
 
 #include "flags.h"
@@ -59,13 +64,84 @@ Tensor weights_panel(const Tensor& weights, const Tensor& allowed) {
 
 Tensor mask_panel(const Tensor& mask) { return panel(where(mask, ones(mask.sizes()), full(mask.sizes(), -INFINITY)), 0, 1); }
 
+// The first fortune of the held-out split that fits in `most` bytes (and has
+// at least half of them), separators dropped.
+std::string held_out_fortune(const std::vector<uint8_t>& val, size_t most) {
+  std::string text(val.begin(), val.end()), best;
+  for (size_t at = text.find("\n%\n"); at != std::string::npos;) {
+    const size_t next = text.find("\n%\n", at + 3);
+    if (next == std::string::npos) break;
+    std::string f = text.substr(at + 3, next - at - 3 + 1);  // with its final newline
+    if (f.size() <= most && f.size() >= most / 2) return f;
+    at = next;
+  }
+  LOOM_CHECK(false, "no held-out fortune of ", most / 2, " to ", most, " bytes");
+  return best;
+}
+
+// Decodes `text` a byte a step with at most `budget` cached positions per
+// layer. One panel per layer: row t is the cache after step t, column c
+// position c; a kept position is coloured by its F (log scale, dark blue = 0),
+// an evicted one black, a future one white.
+void pruning_picture(const std::string& path, const std::string& checkpoint, int64_t budget, const std::string& data) {
+  Checkpoint ck = load_checkpoint(checkpoint);
+  LOOM_CHECK(ck.model.transformer && ck.model.transformer->attn_layers->config.attn.selective,
+             "--checkpoint: needs a run of a selective-attention TransformerWrapper (configs/charlm_selective.json)");
+  const std::string text = held_out_fortune(load_text_corpus(data).val, 128);
+  const int64_t n = int64_t(text.size());
+  std::vector<int64_t> ids;
+  for (char c : text) ids.push_back(int64_t(uint8_t(c)));
+  Tensor tokens = from_vector(ids, {1, n});
+  NoGradGuard no_grad;
+  ck.model.module().eval();
+  nn::LayersCache cache;
+  cache.budget = budget;
+  std::vector<std::vector<float>> layers;  // per layer, (n, n): log(1 + F), -inf evicted, NaN future
+  for (int64_t t = 0; t < n; ++t) {
+    ck.model.transformer->forward(tokens.narrow(1, t, 1), {}, &cache);
+    layers.resize(cache.layers.size(), std::vector<float>(size_t(n * n), -INFINITY));
+    for (size_t l = 0; l < cache.layers.size(); ++l) {
+      const std::vector<int64_t> pos = cache.layers[l].pos.to_vector<int64_t>();
+      const std::vector<float> F = cache.layers[l].F.to_vector<float>();
+      for (size_t j = 0; j < pos.size(); ++j) layers[l][size_t(t * n + pos[j])] = std::log1p(F[j]);
+      for (int64_t c = t + 1; c < n; ++c) layers[l][size_t(t * n + c)] = NAN;
+    }
+  }
+  float hi = 1e-3f;
+  for (const auto& v : layers)
+    for (float x : v)
+      if (std::isfinite(x)) hi = std::max(hi, x);
+  constexpr int64_t cell = 4;
+  std::vector<Tensor> panels;
+  for (const auto& v : layers) {
+    std::vector<float> rgb = colormap(from_vector(v, {n, n}), 0, hi).to_vector<float>(), out(size_t(n * cell * n * cell * 3));
+    for (int64_t y = 0; y < n * cell; ++y)
+      for (int64_t x = 0; x < n * cell; ++x)
+        for (int64_t c = 0; c < 3; ++c) {
+          const size_t e = size_t((y / cell) * n + x / cell);
+          out[size_t((y * n * cell + x) * 3 + c)] = std::isnan(v[e]) ? 1.0f : rgb[e * 3 + size_t(c)];
+        }
+    panels.push_back(from_vector(out, {n * cell, n * cell, 3}));
+  }
+  save_row(path, panels);
+  std::printf("budget %lld of %lld positions per layer, over the held-out fortune:\n%s", static_cast<long long>(budget),
+              static_cast<long long>(n), text.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   loom_example::Flags flags(argc, argv,
                             "usage: loom-attention-pictures OUT_DIR\n\n"
                             "Renders the attention pictures of docs/attention.md (PNG files) into OUT_DIR,\n"
-                            "which it creates if needed.\n");
+                            "which it creates if needed.\n\n"
+                            "  --checkpoint DIR  also pruning.png: a `loom train` run of configs/charlm_selective.json\n"
+                            "                    decodes a held-out fortune under a KV-cache budget\n"
+                            "  --budget K        positions kept per layer for pruning.png (16)\n"
+                            "  --data PATH       the text the run was trained on (/usr/share/games/fortunes)\n");
+  const std::string checkpoint = flags.text("checkpoint", "");
+  const int64_t budget = flags.integer("budget", 16, 1);
+  const std::string data = flags.text("data", "/usr/share/games/fortunes");
   flags.done(1);
   if (flags.positional().size() != 1) flags.fail("OUT_DIR is required");
   const std::string dir = flags.positional()[0];
@@ -137,6 +213,9 @@ int main(int argc, char** argv) {
       Tensor allowed = tril(ones({n, n}, kBool));
       save_row(dir + "/selective.png", {weights_panel(off, allowed), weights_panel(on, allowed)});
     }
+
+    // 5. Context pruning over a fortune, with a trained model.
+    if (!checkpoint.empty()) pruning_picture(dir + "/pruning.png", checkpoint, budget, data);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loom-attention-pictures: %s\n", e.what());
     return 1;

@@ -38,6 +38,12 @@ class Flags {
     }
   }
 
+  std::string text(const std::string& name, const std::string& def) {
+    used_[name] = true;
+    auto it = values_.find(name);
+    return it == values_.end() ? def : it->second;
+  }
+
   int64_t integer(const std::string& name, int64_t def, int64_t min) {
     used_[name] = true;
     auto it = values_.find(name);

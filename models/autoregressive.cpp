@@ -102,7 +102,11 @@ Tensor AutoregressiveWrapper::generate(const Tensor& prompts, int64_t seq_len, c
   std::vector<int64_t> seq = prompts.contiguous().to_vector<int64_t>();  // (b, t + generated), row-major
   int64_t len = t;
   bool use_cache = o.cache_kv && net->can_cache_kv();
+  LOOM_CHECK(o.selective_budget >= 0, "generate: selective_budget must be >= 0, got ", o.selective_budget);
+  LOOM_CHECK(o.selective_budget == 0 || (use_cache && net->attn_layers->config.attn.selective),
+             "generate: selective_budget needs a model with selective attention, decoded with a KV cache");
   nn::LayersCache cache;
+  cache.budget = o.selective_budget;
   std::vector<bool> done(size_t(b), false);
   std::vector<int64_t> out(size_t(b * seq_len), pad_value);
 
@@ -124,7 +128,11 @@ Tensor AutoregressiveWrapper::generate(const Tensor& prompts, int64_t seq_len, c
   ctx.context = extra.context, ctx.context_mask = extra.context_mask;
   for (int64_t step = 0; step < seq_len; ++step) {
     Tensor logits;
-    if (use_cache && len > max_len) use_cache = false;  // past the absolute positions: window instead
+    // Past the absolute positions: a window instead (a pruned cache cannot
+    // fall back to it: its model would see other keys than it did).
+    LOOM_CHECK(!(o.selective_budget > 0 && len > max_len), "generate: selective_budget: the sequence (", len,
+               ") would pass the model's max_seq_len (", max_len, ")");
+    if (use_cache && len > max_len) use_cache = false;
     if (use_cache) {
       logits = net->forward(tokens_of(cache.length, len), ctx, &cache);
     } else {

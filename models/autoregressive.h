@@ -19,6 +19,11 @@ struct GenerateOptions {
   std::optional<int64_t> eos_token;  // stop when every row has produced it; later tokens become pad_value
   int64_t pad_value = 0;
   bool cache_kv = true;      // decode with a KV cache when the model allows it
+  // Selective attention's context pruning: > 0 keeps at most this many
+  // positions in each self-attention layer's KV cache, evicting the most
+  // masked (highest F) after every step (nn::prune). Needs a selective-
+  // attention model and cache_kv. 0 keeps the whole context.
+  int64_t selective_budget = 0;
 };
 
 class AutoregressiveWrapper {

@@ -102,7 +102,7 @@ Tensor TransformerWrapper::forward(const Tensor& tokens, const WrapperInputs& in
   LOOM_CHECK(!abs_pos_emb || offset + n <= o.max_seq_len, "TransformerWrapper: sequence length ", offset + n,
              " exceeds max_seq_len ", o.max_seq_len);
   LOOM_CHECK(!cache || can_cache_kv(), "TransformerWrapper: this model cannot use a KV cache (it needs a causal "
-             "decoder without memory or cls tokens, pooling, residual or selective attention)");
+             "decoder without memory or cls tokens, pooling or residual attention)");
   LOOM_CHECK(!(cache && (!in.mems.empty() || in.mems_out)), "TransformerWrapper: memories cannot be combined with a KV cache");
   LOOM_CHECK(!(cache && (in.pos.defined() || in.layer_pos.defined())),
              "TransformerWrapper: pos and layer_pos cannot be combined with a KV cache");

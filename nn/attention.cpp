@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <numeric>
 
 #include <loom/core/autograd.h>
 #include <loom/core/error.h>
@@ -28,14 +30,19 @@ Tensor mix_heads(const Tensor& w, const Tensor& t) {
 }
 
 // Selective attention on materialised logits s (b, h, i, j), already masked:
-// head 0's positive logits, except the first key and each query's own, are
-// summed over the earlier queries and subtracted from every head.
-Tensor selective_logits(const Tensor& s) {
-  const int64_t i = s.size(2), j = s.size(3), offset = j - i;
+// head 0's positive logits, except on keys that are not gated (the first
+// key and memory keys, or as carry.gated says) and each query's own, are
+// summed over the earlier queries (plus carry.F from earlier calls) and
+// subtracted from every head, as loom::attention does.
+Tensor selective_logits(const Tensor& s, const Tensor& carry_F, const Tensor& gated, Tensor* carry_out) {
+  const int64_t b = s.size(0), i = s.size(2), j = s.size(3), offset = j - i;
   Tensor col = arange(j).view({1, j}), row = arange(i).view({i, 1});
-  Tensor excluded = logical_or(le(col, scalar_tensor(double(offset), kInt64)), eq(col, row + offset));
+  Tensor ungated = gated.defined() ? logical_not(gated).view({b, 1, j}) : le(col, scalar_tensor(double(offset), kInt64));
+  Tensor excluded = logical_or(ungated, eq(col, row + offset));
   Tensor gate = masked_fill(relu(s.select(1, 0)), excluded, 0.0);  // (b, i, j)
   Tensor earlier = cumsum(gate, 1) - gate;                           // Σ over rows before each row
+  if (carry_F.defined()) earlier = earlier + carry_F.detach().unsqueeze(1);
+  if (carry_out) *carry_out = (carry_F.defined() ? carry_F.detach() : zeros({b, j})) + sum(gate, {1}).detach();
   return s - earlier.unsqueeze(1);
 }
 
@@ -164,7 +171,7 @@ bool Attention::materialises() const {
 }
 
 Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, const Tensor& bias,
-                         const AttentionInputs& in) const {
+                         const AttentionInputs& in, const Carry& carry) const {
   const AttentionConfig& o = config;
   const double scale = o.qk_norm ? o.qk_norm_scale : 1.0 / std::sqrt(double(o.dim_head));
   const double p = is_training() ? o.dropout : 0.0;
@@ -176,6 +183,7 @@ Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, cons
     a.scale = scale;
     a.causal = o.causal;
     a.selective = o.selective;
+    a.selective_carry = carry.F, a.selective_gated = carry.gated, a.selective_carry_out = carry.out;
     a.dropout = p;
     a.generator = generator;
     return attention(q, k, v, a);
@@ -196,7 +204,7 @@ Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, cons
   if (in.attn_mask.defined()) allowed = logical_and(allowed, in.attn_mask);
   if (o.causal) allowed = logical_and(allowed, tril(ones({i, j}, kBool), j - i));
   s = masked_fill(s, logical_not(allowed), kMaxNeg);
-  if (o.selective) s = selective_logits(s);
+  if (o.selective) s = selective_logits(s, carry.F, carry.gated, carry.out);
   if (in.pre_softmax_out) *in.pre_softmax_out = s;
   Tensor a = o.sparse_topk > 0 ? topk_softmax(s, o.sparse_topk, o.sparse_topk_straight_through) : softmax(s, -1);
   a = dropout(a, p, p > 0, generator);
@@ -220,10 +228,11 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
   LOOM_CHECK(!(cross && in.rotary), "Attention: rotary embeddings apply to self-attention only");
   const int64_t b = x.size(0), n = x.size(1);
 
-  LOOM_CHECK(!(in.cache && o.selective), "Attention: selective attention cannot use a KV cache (x-transformers' rule: ",
-             "a token's selection depends on every earlier query)");
-  LOOM_CHECK(!(in.cache && !cross && (in.mask.defined() || in.attn_mask.defined())),
-             "Attention: masks cannot be combined with a KV cache in self-attention");
+  // With a cache, a mask (b, n) covers the new positions; the cache keeps the earlier ones'.
+  LOOM_CHECK(!(in.cache && !cross && (in.attn_mask.defined() || in.context_mask.defined())),
+             "Attention: attn_mask and context_mask cannot be combined with a KV cache in self-attention");
+  LOOM_CHECK(!in.mask.defined() || (in.mask.dtype() == kBool && in.mask.sizes() == Shape({b, n})),
+             "Attention: mask must be bool (", b, ", ", n, "), got ", in.mask.sizes());
   LOOM_CHECK(!(in.cache && (in.prev_attn.defined() || in.pre_softmax_out)),
              "Attention: residual attention cannot be combined with a KV cache");
   const bool has_mem = in.mem.defined();
@@ -263,6 +272,21 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
       if (cross && in.values_out) in.cache->values = *in.values_out;
     }
   }
+  // Self-attention with a cache: the keys' absolute positions and mask, the
+  // earlier ones from the cache (which pruning may have thinned).
+  KVCache* self_cache = in.cache && !cross ? in.cache : nullptr;
+  Tensor cached_mask;  // (b, j) without the memory key/values
+  if (self_cache) {
+    KVCache& c = *self_cache;
+    Tensor fresh = arange(c.seen, c.seen + n).unsqueeze(0).expand({b, n});
+    c.pos = c.pos.defined() ? cat({c.pos, fresh}, 1) : fresh.contiguous();
+    if (in.mask.defined() || c.mask.defined()) {
+      const int64_t earlier = k.size(2) - n;
+      c.mask = cat({c.mask.defined() ? c.mask : ones({b, earlier}, kBool), in.mask.defined() ? in.mask : ones({b, n}, kBool)}, 1);
+    }
+    c.seen += n;
+    cached_mask = c.mask;
+  }
   if (o.qk_norm) {
     q = l2norm(q);
     if (qk_norm_q_scale.defined()) q = q * qk_norm_q_scale;
@@ -275,7 +299,7 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
 
   // Keys: the context mask, else (self-attention) the sequence mask, with
   // the memories in front visible (or as mem_mask says).
-  Tensor key_mask = in.context_mask.defined() ? in.context_mask : (cross ? Tensor() : in.mask);
+  Tensor key_mask = in.context_mask.defined() ? in.context_mask : (cross ? Tensor() : self_cache ? cached_mask : in.mask);
   if (has_mem && !in.context_mask.defined() && (key_mask.defined() || in.mem_mask.defined())) {
     const int64_t m = in.mem.size(1);
     key_mask = cat({in.mem_mask.defined() ? in.mem_mask : ones({b, m}, kBool),
@@ -299,7 +323,19 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
     }
   }
 
-  Tensor out = attend(q, k, v, key_mask, in.attn_bias.defined() ? in.attn_bias : rel_bias, in);  // (b, h, n, dv)
+  // Selective attention with a cache: each cached key's F goes in, the F
+  // after these queries comes out, for the memory key/values too (never gated).
+  Carry carry;
+  Tensor carry_out;
+  if (self_cache && o.selective) {
+    KVCache& c = *self_cache;
+    const int64_t m = o.num_mem_kv, earlier = k.size(2) - m - n;
+    carry.F = cat({zeros({b, m}), c.F.defined() ? c.F : zeros({b, earlier}), zeros({b, n})}, 1);
+    carry.gated = cat({zeros({b, m}, kBool), ne(c.pos, scalar_tensor(0.0, kInt64))}, 1);  // position 0 is never gated
+    carry.out = &carry_out;
+  }
+  Tensor out = attend(q, k, v, key_mask, in.attn_bias.defined() ? in.attn_bias : rel_bias, in, carry);  // (b, h, n, dv)
+  if (carry.out) self_cache->F = carry_out.narrow(1, o.num_mem_kv, carry_out.size(1) - o.num_mem_kv).contiguous();
   if (head_scale_params.defined()) out = out * head_scale_params;
   if (to_v_head_gate) out = out * sigmoid(to_v_head_gate->forward(x)).transpose(1, 2).unsqueeze(-1);
   out = out.transpose(1, 2).reshape({b, n, o.heads * o.value_dim_head});  // merge heads
@@ -314,6 +350,62 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
   }
   if (in.mask.defined()) out = masked_fill(out, logical_not(in.mask).unsqueeze(-1), 0.0);
   return out;
+}
+
+int64_t KVCache::bytes() const {
+  int64_t total = 0;
+  for (const Tensor* t : {&k, &v, &values, &pos, &mask, &F})
+    if (t->defined()) total += t->numel() * int64_t(element_size(t->dtype()));
+  return total;
+}
+
+void prune(KVCache& c, int64_t budget) {
+  LOOM_CHECK(budget >= 1, "prune: the budget must be >= 1, got ", budget);
+  LOOM_CHECK(c.k.defined() && c.F.defined() && c.pos.defined(),
+             "prune: needs a self-attention cache with selective attention (its F)");
+  const int64_t b = c.k.size(0), n = c.k.size(2);
+  if (n <= budget) return;
+  const std::vector<float> F = c.F.contiguous().to_vector<float>();
+  const std::vector<int64_t> pos = c.pos.contiguous().to_vector<int64_t>();
+  const std::vector<bool> hidden = c.mask.defined() ? logical_not(c.mask).to_vector<bool>() : std::vector<bool>(size_t(b * n), false);
+  std::vector<int64_t> keep;  // (b, budget): the kept columns of each row, ascending
+  for (int64_t r = 0; r < b; ++r) {
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    auto score = [&](int64_t col) {  // hidden keys first; a NaN F counts as the most masked
+      const size_t e = size_t(r * n + col);
+      return hidden[e] || std::isnan(F[e]) ? INFINITY : F[e];
+    };
+    // Evict the first n - budget of this order: most masked first, then the oldest.
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+      const float sx = score(x), sy = score(y);
+      return sx != sy ? sx > sy : pos[size_t(r * n + x)] < pos[size_t(r * n + y)];
+    });
+    std::vector<int64_t> kept(order.begin() + (n - budget), order.end());
+    std::sort(kept.begin(), kept.end());
+    keep.insert(keep.end(), kept.begin(), kept.end());
+  }
+  // The kept columns of (b, cached) or (b, heads, cached, d), copied row by
+  // row into tensors of the budget's size (a plain copy: this runs every step).
+  auto take = [&](const Tensor& t) {
+    Tensor src = t.contiguous();
+    const bool rows4 = t.dim() == 4;
+    const int64_t heads = rows4 ? t.size(1) : 1, d = rows4 ? t.size(3) : 1;
+    Shape shape = t.sizes();
+    shape[rows4 ? 2 : 1] = budget;
+    Tensor out = empty(shape, t.dtype());
+    const size_t row = size_t(d) * element_size(t.dtype());
+    const char* from = static_cast<const char*>(src.raw_data());
+    char* to = static_cast<char*>(out.raw_data());
+    for (int64_t r = 0; r < b; ++r)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t j = 0; j < budget; ++j)
+          std::memcpy(to + size_t((r * heads + h) * budget + j) * row,
+                      from + size_t((r * heads + h) * n + keep[size_t(r * budget + j)]) * row, row);
+    return out;
+  };
+  c.k = take(c.k), c.v = take(c.v), c.F = take(c.F), c.pos = take(c.pos);
+  if (c.mask.defined()) c.mask = take(c.mask);
 }
 
 }  // namespace loom::nn

@@ -72,7 +72,20 @@ struct AttentionConfig {
 struct KVCache {
   Tensor k, v;    // (b, kv_heads, cached, dim_head)
   Tensor values;  // cross-attention: the context's values before any value residual mix
+  // Self-attention, per cached key (b, cached): its absolute position
+  // (int64; the rows differ once keys are evicted), its key mask (bool,
+  // kept once a mask was given), and with selective attention the F it has
+  // accumulated from every query so far (float).
+  Tensor pos, mask, F;
+  int64_t seen = 0;  // self-attention: positions this layer has been given
+  int64_t bytes() const;  // what the tensors above hold
 };
+
+// Selective attention's context pruning (Leviathan et al. 2024, section 4):
+// keeps at most `budget` keys in a self-attention cache, per batch row,
+// evicting first keys the mask hides, then those with the highest F (the
+// most masked; ties: the oldest). The kept keys stay in position order.
+void prune(KVCache& cache, int64_t budget);
 
 // What one call attends with. Masks are bool, True = attend.
 struct AttentionInputs {
@@ -114,8 +127,14 @@ class Attention : public Module {
   Generator* generator = nullptr;            // for dropout; nullptr = the default generator
 
  private:
+  // Selective attention across cached calls: F carried in, which keys may
+  // be gated, where the F after this call goes (see loom::AttentionOptions).
+  struct Carry {
+    Tensor F, gated;
+    Tensor* out = nullptr;
+  };
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, const Tensor& bias,
-                const AttentionInputs& in) const;
+                const AttentionInputs& in, const Carry& carry) const;
 };
 
 }  // namespace loom::nn

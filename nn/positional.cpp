@@ -86,13 +86,14 @@ Tensor RelativePositionBias::forward(int64_t i, int64_t j) const {
 }
 
 Tensor RelativePositionBias::forward(const Tensor& q_pos, const Tensor& k_pos) const {
-  LOOM_CHECK(q_pos.dim() == 1 && k_pos.dim() == 1 && q_pos.dtype() == kInt64 && k_pos.dtype() == kInt64,
-             "RelativePositionBias: positions must be 1-D int64, got q_pos ", q_pos.sizes(), " ", dtype_name(q_pos.dtype()),
-             " and k_pos ", k_pos.sizes(), " ", dtype_name(k_pos.dtype()));
-  Tensor rel = k_pos.unsqueeze(0) - q_pos.unsqueeze(1);  // (i, j): k_pos - q_pos
+  LOOM_CHECK((q_pos.dim() == 1 || q_pos.dim() == 2) && q_pos.dim() == k_pos.dim() && q_pos.dtype() == kInt64 &&
+                 k_pos.dtype() == kInt64 && (q_pos.dim() == 1 || q_pos.size(0) == k_pos.size(0)),
+             "RelativePositionBias: positions must be int64, both (n) or both (b, n), got q_pos ", q_pos.sizes(), " ",
+             dtype_name(q_pos.dtype()), " and k_pos ", k_pos.sizes(), " ", dtype_name(k_pos.dtype()));
+  Tensor rel = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1);  // (.., i, j): k_pos - q_pos
   Tensor ids = bucket(rel, options.causal, options.num_buckets, options.max_distance);
-  Tensor values = relative_attention_bias->forward(ids);  // (i, j, h)
-  return values.permute({2, 0, 1}) * options.scale;
+  Tensor values = relative_attention_bias->forward(ids);  // (.., i, j, h)
+  return (rel.dim() == 2 ? values.permute({2, 0, 1}) : values.permute({0, 3, 1, 2})) * options.scale;
 }
 
 // ---- Dynamic position bias --------------------------------------------------

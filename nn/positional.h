@@ -43,7 +43,8 @@ class RelativePositionBias : public Module {
 
   // (heads, i, j) for i queries right-aligned to j keys.
   Tensor forward(int64_t i, int64_t j) const;
-  // (heads, i, j) for explicit int64 positions: q_pos (i), k_pos (j).
+  // (heads, i, j) for explicit int64 positions: q_pos (i), k_pos (j); or
+  // (b, heads, i, j) for positions per sample, q_pos (b, i), k_pos (b, j).
   Tensor forward(const Tensor& q_pos, const Tensor& k_pos) const;
 
   // T5's bucket of each relative position (k_pos - q_pos), int64 -> int64.

@@ -366,7 +366,13 @@ bool AttentionLayers::needs_condition() const {
 bool AttentionLayers::can_cache_kv() const {
   const AttentionLayersConfig& o = config;
   const bool shifts = std::any_of(o.shift_tokens.begin(), o.shift_tokens.end(), [](int64_t s) { return s != 0; });
-  return o.causal && !o.attn.selective && !o.residual_attn && !o.cross_residual_attn && !shifts;
+  return o.causal && !o.residual_attn && !o.cross_residual_attn && !shifts;
+}
+
+int64_t LayersCache::bytes() const {
+  int64_t total = 0;
+  for (const KVCache& c : layers) total += c.bytes();
+  return total;
 }
 
 // The self-attention position bias for n queries right-aligned to `total` keys.
@@ -429,6 +435,9 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
                "AttentionLayers: residual attention cannot be combined with a KV cache");
     int64_t attn_layers = 0;
     for (const std::string& t : layer_types) attn_layers += t != "f";
+    LOOM_CHECK(cache->budget >= 0, "AttentionLayers: the cache budget must be >= 0, got ", cache->budget);
+    LOOM_CHECK(cache->budget == 0 || o.attn.selective, "AttentionLayers: a cache budget (context pruning) needs selective attention");
+    LOOM_CHECK(cache->budget == 0 || !dynamic_pos, "AttentionLayers: a cache budget cannot be combined with the dynamic position bias");
     if (cache->layers.empty()) cache->layers.resize(size_t(attn_layers));
     LOOM_CHECK(int64_t(cache->layers.size()) == attn_layers, "AttentionLayers: the cache has ", cache->layers.size(),
                " layers, the model ", attn_layers);
@@ -517,7 +526,23 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
       ai.pre_softmax_out = res_attn ? &next : nullptr;
       ai.value_residual = o.add_value_residual ? first : Tensor();
       ai.values_out = first.defined() ? nullptr : &values;
-      out = l.attention->forward(h, ai);
+      if (l.type == "a" && ai.cache && ai.cache->pos.defined() && ai.cache->pos.size(1) < ai.cache->seen) {
+        // A pruned cache: this layer's keys are no longer 0..total-1, so its
+        // position encodings come from the positions it kept.
+        const KVCache& lc = *ai.cache;
+        const int64_t rows = lc.pos.size(0);
+        Tensor qpos = arange(offset, total).unsqueeze(0).expand({rows, n}).contiguous();
+        Tensor kpos = cat({lc.pos, qpos}, 1);
+        AttentionInputs pruned = ai;
+        RotaryEmbedding::Output layer_rot;
+        if (rotary) layer_rot = rotary->forward(kpos), pruned.rotary = &layer_rot;  // q's angles: the last n rows
+        if (rel_pos) pruned.rel_pos_bias = rel_pos->forward(qpos, kpos);
+        if (alibi) pruned.rel_pos_bias = alibi->forward(qpos, kpos);
+        out = l.attention->forward(h, pruned);
+      } else {
+        out = l.attention->forward(h, ai);
+      }
+      if (l.type == "a" && cache && cache->budget > 0) prune(*ai.cache, cache->budget);
       if (res_attn) prev = next;
       if (!first.defined()) first = values;
     }

@@ -121,6 +121,11 @@ struct LayersInputs {
 struct LayersCache {
   std::vector<KVCache> layers;  // one per 'a' and 'c' layer, in order
   int64_t length = 0;           // positions seen so far
+  // Selective attention's context pruning: > 0 keeps at most this many
+  // positions in each self-attention layer's cache after every call,
+  // evicting the most masked (nn::prune). 0 keeps everything.
+  int64_t budget = 0;
+  int64_t bytes() const;  // what the layers' caches hold
 };
 
 class AttentionLayers : public Module {
@@ -128,7 +133,9 @@ class AttentionLayers : public Module {
   explicit AttentionLayers(const AttentionLayersConfig& config);
   // With a cache, x holds only the positions after cache->length; the result
   // equals the matching rows of a forward over the whole sequence. Needs
-  // causal attention, no masks and no selective attention.
+  // causal attention; a mask (b, n) covers the new positions only. Once a
+  // layer's cache is pruned (cache->budget), its position encodings are
+  // computed from the absolute positions of the keys it kept.
   Tensor forward(const Tensor& x, const LayersInputs& in = {}, LayersCache* cache = nullptr) const;
 
   // Whether TransformerWrapper should skip its absolute position embedding

@@ -105,6 +105,8 @@ struct Problem {
   bool has_mask = false, has_bias = false, causal = false;
   int64_t offset = 0;        // J − I: query r sees keys c <= r + offset when causal
   const float* F = nullptr;  // selective: [B, I, J], subtracted from every head
+  const float* carry = nullptr;  // selective: [B, J], F from earlier calls (cached decoding)
+  const bool* gated = nullptr;   // selective: [B, J], keys that may be gated; null = c > offset
   float dropout = 0;
   Generator gen;  // seed and first block of this call's dropout numbers
   uint64_t first_block = 0;
@@ -273,8 +275,10 @@ void forward(const Problem& p, float* out, float* lse) {
 }
 
 // ---- selective attention: the gate and its running sum ----------------------------------------
-// G_rc = relu(S⁰_rc), 0 for c <= offset and c = r + offset; F_rc = Σ_{r' < r} G_r'c.
-void selective_gate(const Problem& p, float* G, float* F) {
+// G_rc = relu(S⁰_rc), 0 for keys that are not gated (c <= offset, or as
+// p.gated says) and for c = r + offset; F_rc = carry_c + Σ_{r' < r} G_r'c.
+// carry_out (optional, [B, J]) = carry + Σ_r G_rc, what a later call's queries start from.
+void selective_gate(const Problem& p, float* G, float* F, float* carry_out) {
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * qblocks, kBlock * p.J * p.D, [&](int64_t u0, int64_t u1) {
     Tile t;
@@ -286,7 +290,8 @@ void selective_gate(const Problem& p, float* G, float* F) {
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = c0; c < c1; ++c) {
             const float s = t.S[size_t((r - r0) * nc + c - c0)];
-            const bool excluded = c <= p.offset || c == r + p.offset;
+            const bool ungated = p.gated ? !p.gated[b * p.J + c] : c <= p.offset;
+            const bool excluded = ungated || c == r + p.offset;
             G[(b * p.I + r) * p.J + c] = excluded || s <= 0 ? 0.0f : s;  // relu, NaN stays NaN
           }
       }
@@ -296,9 +301,12 @@ void selective_gate(const Problem& p, float* G, float* F) {
     for (int64_t b = b0; b < b1; ++b) {
       float* Fb = F + b * p.I * p.J;
       const float* Gb = G + b * p.I * p.J;
-      std::fill(Fb, Fb + p.J, 0.0f);
+      if (p.I == 0) continue;  // nothing to sum; the carry passes through (below)
+      for (int64_t c = 0; c < p.J; ++c) Fb[c] = p.carry ? p.carry[b * p.J + c] : 0.0f;
       for (int64_t r = 1; r < p.I; ++r)
         for (int64_t c = 0; c < p.J; ++c) Fb[r * p.J + c] = Fb[(r - 1) * p.J + c] + Gb[(r - 1) * p.J + c];
+      if (carry_out)
+        for (int64_t c = 0; c < p.J; ++c) carry_out[b * p.J + c] = Fb[(p.I - 1) * p.J + c] + Gb[(p.I - 1) * p.J + c];
     }
   });
 }
@@ -528,6 +536,17 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Atten
                o.bias.sizes(), " does not broadcast to [b, h, i, j] = ", full);
   }
   LOOM_CHECK(!o.selective || o.causal, op, ": selective attention needs causal = true (as in x-transformers)");
+  const Shape keys = {q.size(0), k.size(2)};
+  LOOM_CHECK(o.selective || !(o.selective_carry.defined() || o.selective_gated.defined() || o.selective_carry_out), op,
+             ": selective_carry, selective_gated and selective_carry_out need selective = true");
+  if (o.selective_carry.defined())
+    LOOM_CHECK(o.selective_carry.dtype() == kFloat32 && o.selective_carry.sizes() == keys, op,
+               ": selective_carry must be float32 [b, j] = ", keys, ", got ", dtype_name(o.selective_carry.dtype()), " ",
+               o.selective_carry.sizes());
+  if (o.selective_gated.defined())
+    LOOM_CHECK(o.selective_gated.dtype() == kBool && o.selective_gated.sizes() == keys, op,
+               ": selective_gated must be bool [b, j] = ", keys, ", got ", dtype_name(o.selective_gated.dtype()), " ",
+               o.selective_gated.sizes());
   LOOM_CHECK(o.dropout >= 0 && o.dropout < 1, op, ": dropout must be in [0, 1), got ", o.dropout);
 }
 
@@ -591,10 +610,17 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
     p->gen = Generator(gen.seed());
     p->first_block = gen.advance(uint64_t(p->B * p->H * p->I * p->J + 3) / 4);
   }
-  Tensor gate, F;
+  Tensor gate, F, carry, gated;
   if (o.selective) {
     gate = empty({p->B, p->I, p->J}), F = empty({p->B, p->I, p->J});
-    selective_gate(*p, gate.data_ptr<float>(), F.data_ptr<float>());
+    if (o.selective_carry.defined()) carry = o.selective_carry.detach().contiguous(), p->carry = carry.data_ptr<float>();
+    if (o.selective_gated.defined()) gated = o.selective_gated.contiguous(), p->gated = gated.data_ptr<bool>();
+    // With no query the carry passes through unchanged.
+    Tensor carry_out = !o.selective_carry_out ? Tensor() : p->I == 0 && carry.defined() ? carry.clone() : zeros({p->B, p->J});
+    selective_gate(*p, gate.data_ptr<float>(), F.data_ptr<float>(),
+                   carry_out.defined() ? carry_out.data_ptr<float>() : nullptr);
+    p->carry = nullptr, p->gated = nullptr;  // only the gate reads them; the backward needs F and G only
+    if (o.selective_carry_out) *o.selective_carry_out = carry_out;
     p->F = F.data_ptr<float>();
   }
   Tensor out = empty({p->B, p->H, p->I, p->Dv}), lse = empty({p->B, p->H, p->I});

@@ -23,6 +23,18 @@ struct AttentionOptions {
   // attn_selective: head 0's ReLU'd logits, shifted and summed over earlier
   // queries, are subtracted from every head's logits. Needs causal.
   bool selective = false;
+  // Selective attention across calls (cached decoding, nn::KVCache):
+  // selective_carry [b, j] is the F each key has accumulated from the
+  // queries of earlier calls (0 for keys new in this call); this call's
+  // queries add their gates on top. selective_carry_out, when set, receives
+  // [b, j]: the carry plus every query's gate, which the next call starts
+  // from. selective_gated [b, j] bool says which keys may be gated at all
+  // (false: memory keys and the sequence's first position); unset, the keys
+  // c <= j - i are not, x-transformers' rule for one call over the whole
+  // sequence. A query's own key (c = r + j - i) is never gated. No gradient
+  // flows into the carry.
+  Tensor selective_carry, selective_gated;
+  Tensor* selective_carry_out = nullptr;
   std::optional<double> scale;  // default 1 / sqrt(d)
   double dropout = 0.0;         // on the attention weights, from `generator`
   Generator* generator = nullptr;

@@ -54,13 +54,13 @@ TEST_CASE("KV-cached decoding gives the logits of the full forward, for every po
     CHECK(cache.length == 9);
     CHECK(close_or_same(cat(steps, 1).to_vector<float>(), as_double(full), 1e-5, 1e-4));
   }
-  // Selective attention cannot be cached (a token's selection depends on every earlier query).
-  auto sel = small_decoder({.attn = {.selective = true}});
-  CHECK(!sel->can_cache_kv());
+  // Residual attention cannot be cached (each layer adds the previous one's whole logits).
+  auto res = small_decoder({.residual_attn = true});
+  CHECK(!res->can_cache_kv());
   nn::LayersCache cache;
-  CHECK_THROWS_WITH_AS(sel->forward(tokens, {}, &cache),
+  CHECK_THROWS_WITH_AS(res->forward(tokens, {}, &cache),
                        "TransformerWrapper: this model cannot use a KV cache (it needs a causal decoder without memory "
-                       "or cls tokens, pooling, residual or selective attention)",
+                       "or cls tokens, pooling or residual attention)",
                        Error);
 }
 

@@ -128,3 +128,53 @@ TEST_CASE("loom train, generate and eval on a small text") {
   std::remove("loom_cli_corpus.txt");
   std::remove("loom_cli_config.json");
 }
+
+TEST_CASE("loom generate --selective-budget: pruned decoding of a selective model, bad values named") {
+  // Its own file names: ctest may run the other case of this file at the same time.
+  auto run_here = [](const std::string& args) {
+    const std::string cmd = std::string(LOOM_CLI) + " " + args + " > loom_sel_out.txt 2> loom_sel_err.txt";
+    const int status = std::system(cmd.c_str());
+    auto slurp = [](const char* p) {
+      std::ifstream in(p);
+      std::stringstream s;
+      s << in.rdbuf();
+      return s.str();
+    };
+    Run r{WEXITSTATUS(status), slurp("loom_sel_out.txt"), slurp("loom_sel_err.txt")};
+    std::remove("loom_sel_out.txt");
+    std::remove("loom_sel_err.txt");
+    return r;
+  };
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "to be or not to be, that is the question. ";
+  std::ofstream("loom_sel_corpus.txt") << text;
+  std::ofstream("loom_sel_config.json") << R"({"wrapper": "TransformerWrapper", "num_tokens": 256, "max_seq_len": 64,
+    "attn_layers": {"type": "Decoder", "dim": 16, "depth": 2, "heads": 2, "attn_dim_head": 8, "rotary_pos_emb": true,
+    "attn_selective": true}})";
+  std::ofstream("loom_sel_plain.json") << R"({"wrapper": "TransformerWrapper", "num_tokens": 256, "max_seq_len": 64,
+    "attn_layers": {"type": "Decoder", "dim": 16, "depth": 1, "heads": 2, "attn_dim_head": 8}})";
+  std::filesystem::remove_all("loom_sel_run");
+  std::filesystem::remove_all("loom_sel_plain_run");
+  const std::string train = " --data loom_sel_corpus.txt --steps 20 --batch-size 4 --seq-len 32 --lr 1e-2 --warmup 5 "
+                            "--eval-every 20 --eval-batches 1";
+  REQUIRE(run_here("train --config loom_sel_config.json --out loom_sel_run" + train).code == 0);
+  REQUIRE(run_here("train --config loom_sel_plain.json --out loom_sel_plain_run" + train).code == 0);
+  const std::string gen = "generate --checkpoint loom_sel_run --prompt \"to be\" --max-tokens 30 --temperature 0";
+  Run whole = run_here(gen), roomy = run_here(gen + " --selective-budget 64"), tight = run_here(gen + " --selective-budget 4");
+  CHECK(whole.code == 0);
+  CHECK(roomy.code == 0);
+  CHECK(tight.code == 0);
+  CHECK(roomy.out == whole.out);  // a budget >= the sequence evicts nothing
+  CHECK(tight.out.size() == whole.out.size());
+  Run negative = run_here(gen + " --selective-budget -1");
+  CHECK(negative.code == 2);
+  CHECK(negative.err ==
+        "loom generate: --selective-budget must be an integer >= 0, got '-1' (try 'loom generate --help')\n");
+  Run plain = run_here("generate --checkpoint loom_sel_plain_run --prompt hi --selective-budget 4");
+  CHECK(plain.code == 2);
+  CHECK(plain.err == "loom generate: --selective-budget needs a checkpoint trained with selective attention (try 'loom "
+                     "generate --help')\n");
+  std::filesystem::remove_all("loom_sel_run");
+  std::filesystem::remove_all("loom_sel_plain_run");
+  for (const char* f : {"loom_sel_corpus.txt", "loom_sel_config.json", "loom_sel_plain.json"}) std::remove(f);
+}
