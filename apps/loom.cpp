@@ -210,8 +210,9 @@ int train(int argc, char** argv) {
     std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step, %.0f tokens/s, "
                 "peak tensor memory %.1f MB; checkpoint in %s\n",
                 static_cast<long long>(r.step), r.val_loss, r.val_loss / std::log(2.0), 1000 * r.seconds_per_step,
-                double(loom::dist::world_size() * tc.grad_accum * tc.batch_size * tc.seq_len) /
-                    std::max(r.seconds_per_step, 1e-9),
+                r.seconds_per_step > 0
+                    ? double(loom::dist::world_size() * tc.grad_accum * tc.batch_size * tc.seq_len) / r.seconds_per_step
+                    : 0.0,
                 double(r.peak_memory_bytes) / 1e6, tc.out_dir.c_str());
   return r.interrupted ? 128 + r.signal : 0;  // 130 for SIGINT, 143 for SIGTERM, as the shell reports
 }

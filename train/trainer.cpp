@@ -310,9 +310,10 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   // (r·grad_accum + a)·batch_size, so the ranks' losses and gradients average
   // to the whole batch's.
   const int64_t ranks = dist::world_size(), rank = dist::rank();
-  const int64_t global_batch =
-      checked_mul(checked_mul(ranks, tc.grad_accum, "ranks x grad_accum"), tc.batch_size, "global batch");
-  const int64_t tokens_per_step = checked_mul(global_batch, tc.seq_len, "global batch x seq_len");
+  checked_mul(tc.batch_size, tc.seq_len, "batch_size x seq_len");  // a batch's tokens fit in int64
+  const int64_t global_batch = checked_mul(checked_mul(ranks, tc.grad_accum, "ranks x grad_accum"), tc.batch_size,
+                                           "ranks x grad_accum x batch_size");
+  const int64_t tokens_per_step = checked_mul(global_batch, tc.seq_len, "tokens per step");
   // Evaluation batches are of the global batch's size: the same windows however the batch is split.
   const int64_t eval_windows = checked_mul(tc.eval_batches, global_batch, "eval_batches x global batch");
   const bool quiet = tc.quiet || !dist::is_main();  // rank 0 prints

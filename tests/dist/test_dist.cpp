@@ -17,10 +17,15 @@
 #include <loom/core/io.h>
 #include <loom/train/dist.h>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "../helpers.h"
 
@@ -42,8 +47,9 @@ const std::string kRuns = "dist_runs", kCorpus = kRuns + "/corpus.txt";
 std::string config_text() { return read_file(LOOM_DIST_TOY_CONFIG, "test"); }
 
 // As `loom train` does it: the initial weights from the seed, then the run.
-TrainResult train(const std::string& dir, int64_t batch, int64_t accum, int64_t stop_after = 0, bool resume = false) {
-  const TrainConfig tc{.steps = 12, .batch_size = batch, .seq_len = 16, .grad_accum = accum, .lr = 3e-3,
+TrainResult train(const std::string& dir, int64_t batch, int64_t accum, int64_t stop_after = 0, bool resume = false,
+                  int64_t steps = 12) {
+  const TrainConfig tc{.steps = steps, .batch_size = batch, .seq_len = 16, .grad_accum = accum, .lr = 3e-3,
                        .min_lr = 3e-4, .warmup_steps = 2, .eval_every = 4, .eval_batches = 1,
                        .checkpoint_every = 5, .log_every = 1, .seed = 3, .out_dir = dir, .stop_after = stop_after,
                        .quiet = true};
@@ -183,7 +189,7 @@ TEST_CASE("dist: GradReducer averages gradients in buckets during the backward, 
   }
 }
 
-TEST_CASE("dist: 2 ranks x batch 4 train as one process with batch 8; only rank 0 writes" *
+TEST_CASE("dist: 2 ranks x batch 4 (or 2 x 2 micro-batches) train as one process with batch 8; only rank 0 writes" *
           doctest::test_suite("np2")) {
   const std::string dir = run_dir("np2");
   fs::remove_all(dir);
@@ -197,6 +203,11 @@ TEST_CASE("dist: 2 ranks x batch 4 train as one process with batch 8; only rank 
   } else {
     CHECK(!fs::exists(dir));
   }
+  // The same batch as 2 ranks x 2 micro-batches of 2: only the last backward reduces.
+  const std::string accum = run_dir("np2_accum");
+  fs::remove_all(accum);
+  CHECK(train(accum, 2, 2).step == 12);
+  if (dist::is_main()) check_same_losses(accum);
 }
 
 TEST_CASE("dist: a 2-rank checkpoint resumes exactly with 2 ranks, and refuses another global batch" *
@@ -225,6 +236,27 @@ TEST_CASE("dist: a failed write on rank 0 stops every rank with its error" * doc
   dist::barrier();
   const std::string e = error_of([&] { train(dir, 4, 1); });
   CHECK(e.rfind("train: cannot create the folder 'dist_runs/np2_not_a_folder'", 0) == 0);
+}
+
+TEST_CASE("dist: a SIGTERM to rank 1 alone stops both ranks after the same step, with rank 0's checkpoint" *
+          doctest::test_suite("np2")) {
+  const std::string dir = run_dir("np2_sigterm");
+  fs::remove_all(dir);
+  std::thread signaller;
+  if (dist::rank() == 1)
+    signaller = std::thread([] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      kill(getpid(), SIGTERM);
+    });
+  const TrainResult r = train(dir, 4, 1, 0, false, /*steps=*/20000);
+  if (signaller.joinable()) signaller.join();
+  CHECK(r.interrupted);
+  CHECK(r.signal == SIGTERM);
+  CHECK(r.step < 20000);
+  CHECK(dist::all_reduce_max(int(r.step)) == int(r.step));  // the same step on both
+  CHECK(dist::all_reduce_max(-int(r.step)) == -int(r.step));
+  if (dist::is_main()) CHECK(load_checkpoint(dir).step == r.step);
+  else CHECK(!fs::exists(dir));
 }
 
 // ---- one process, after the MPI runs ---------------------------------------------------------
