@@ -410,8 +410,8 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   std::optional<dist::GradReducer> reducer;  // with more than one rank
   if (ranks > 1) reducer.emplace(net.parameters());
   if (!quiet && ranks > 1)
-    std::printf("data-parallel: %lld ranks x grad_accum %lld x batch_size %lld = %lld sequences per step, %d threads "
-                "per rank\n",
+    std::printf("data-parallel: %lld ranks x grad_accum %lld x batch_size %lld = %lld sequences per step; OpenMP "
+                "threads per rank: %d\n",
                 static_cast<long long>(ranks), static_cast<long long>(tc.grad_accum),
                 static_cast<long long>(tc.batch_size), static_cast<long long>(global_batch), omp_get_max_threads());
   TrainResult result;
