@@ -8,9 +8,14 @@
 //
 // `loom COMMAND --help` explains each. Errors are one line on stderr and a
 // non-zero exit code (2 for bad usage, 1 for everything else).
+//
+// Under mpirun, `loom train` trains data-parallel over the ranks
+// (train/dist.h): rank 0 prints and writes the files; an error on any rank
+// ends them all (dist::abort_all), so none is left waiting.
 #include <loom/loom.h>
 #include <loom/core/io.h>
 #include <loom/core/parallel.h>
+#include <loom/train/dist.h>
 
 #include <algorithm>
 #include <cmath>
@@ -49,14 +54,14 @@ const char* kTrainUsage =
     "  --steps N             optimizer steps (default 1000)\n"
     "  --batch-size N        sequences per step (16)\n"
     "  --seq-len N           tokens per sequence (128)\n"
-    "  --grad-accum N        batches per step (1)\n"
+    "  --grad-accum N        micro-batches per step and rank, their gradients summed (1)\n"
     "  --lr X                peak learning rate, AdamW (1e-3)\n"
     "  --min-lr X            learning rate at the end of the cosine decay (1e-4)\n"
     "  --warmup N            linear warm-up steps (100)\n"
     "  --weight-decay X      AdamW decoupled weight decay, not on 1-D parameters (0.1)\n"
     "  --grad-clip X         clip the global gradient norm; 0 = off (1.0)\n"
     "  --eval-every N        held-out evaluation period (100)\n"
-    "  --eval-batches N      held-out batches per evaluation (16)\n"
+    "  --eval-batches N      held-out batches (of a step's sequences) per evaluation (16)\n"
     "  --checkpoint-every N  checkpoint period (200)\n"
     "  --log-every N         metrics period (10)\n"
     "  --seed N              seed for data order, dropout and the initial weights (0)\n"
@@ -66,7 +71,12 @@ const char* kTrainUsage =
     "  --precision P         fp32, or bf16: bfloat16 autocast (matmuls, linears and attention\n"
     "                        from bfloat16 inputs, float32 sums; weights, gradients, AdamW,\n"
     "                        norms and the loss in float32). Kept in the checkpoint: --resume\n"
-    "                        without it continues in the run's precision (fp32)\n";
+    "                        without it continues in the run's precision (fp32)\n"
+    "\n"
+    "Under mpirun (`mpirun -np N loom train ...`) the N ranks train one model data-parallel:\n"
+    "a step takes N x grad-accum x batch-size sequences, the same ones as one process with\n"
+    "that batch; only rank 0 writes DIR. A checkpoint resumes with any N that keeps\n"
+    "N x grad-accum x batch-size (and seq-len) as they were.\n";
 
 const char* kGenerateUsage =
     "usage: loom generate --checkpoint DIR --prompt TEXT [flags]\n"
@@ -214,14 +224,21 @@ int train(int argc, char** argv) {
   loom::manual_seed(tc.seed);  // the initial weights
   loom::LoadedModel model = loom::model_from_json(config_text, f["config"]);
   loom::TextCorpus corpus = loom::load_text_corpus(f["data"]);
-  std::printf("model: %lld parameters; data: %zu files, %zu bytes train, %zu held out\n",
-              static_cast<long long>(model.module().num_parameters()), corpus.files.size(), corpus.train.size(),
-              corpus.val.size());
+  const bool main_rank = loom::dist::is_main();  // the one that prints
+  if (main_rank)
+    std::printf("model: %lld parameters; data: %zu files, %zu bytes train, %zu held out\n",
+                static_cast<long long>(model.module().num_parameters()), corpus.files.size(), corpus.train.size(),
+                corpus.val.size());
   loom::TrainResult r = loom::train_language_model(model, config_text, corpus, tc, f.count("resume") > 0);
-  std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step (%s), peak tensor "
-              "memory %.1f MB; checkpoint in %s\n",
-              static_cast<long long>(r.step), r.val_loss, r.val_loss / std::log(2.0), 1000 * r.seconds_per_step,
-              loom::precision_name(r.precision), double(r.peak_memory_bytes) / 1e6, tc.out_dir.c_str());
+  if (main_rank)
+    std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step (%s), %.0f tokens/s, "
+                "peak tensor memory %.1f MB; checkpoint in %s\n",
+                static_cast<long long>(r.step), r.val_loss, r.val_loss / std::log(2.0), 1000 * r.seconds_per_step,
+                loom::precision_name(r.precision),
+                r.seconds_per_step > 0
+                    ? double(loom::dist::world_size() * tc.grad_accum * tc.batch_size * tc.seq_len) / r.seconds_per_step
+                    : 0.0,
+                double(r.peak_memory_bytes) / 1e6, tc.out_dir.c_str());
   return r.interrupted ? 128 + r.signal : 0;  // 130 for SIGINT, 143 for SIGTERM, as the shell reports
 }
 
@@ -359,10 +376,25 @@ int forward(int argc, char** argv) {
   return 0;
 }
 
+// An error: one line on stderr, exit code 1. With several ranks the line
+// names the rank, and the whole job ends: the other ranks may be waiting for
+// this one in a collective.
+int failed(const std::string& command, const char* what) {
+  if (loom::dist::world_size() == 1) {
+    std::fprintf(stderr, "loom %s: %s\n", command.c_str(), what);
+    return 1;
+  }
+  std::fprintf(stderr, "loom %s (rank %d of %d): %s\n", command.c_str(), loom::dist::rank(), loom::dist::world_size(),
+               what);
+  std::fflush(stderr);
+  loom::dist::abort_all(1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   loom::openmp_wait_defaults(argv);  // robust on a busy machine (core/parallel.h)
+  loom::dist::init(argc, argv);  // MPI when started by mpirun; else a world of one
   const std::string command = argc > 1 ? argv[1] : "";
   const char* usage = command == "train"      ? kTrainUsage
                       : command == "generate" ? kGenerateUsage
@@ -381,7 +413,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "loom: %s (try 'loom --help')\n",
                  command.empty() ? "missing command" : ("unknown command '" + command + "'").c_str());
     return 2;
-  } catch (const UsageError& e) {
+  } catch (const UsageError& e) {  // the same on every rank (the same flags): rank 0 says it
+    if (!loom::dist::is_main()) return std::string(e.what()).empty() ? 0 : 2;
     if (std::string(e.what()).empty()) {
       std::fputs(usage, stdout);
       return 0;
@@ -389,10 +422,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "loom %s: %s (try 'loom %s --help')\n", command.c_str(), e.what(), command.c_str());
     return 2;
   } catch (const std::bad_alloc&) {  // loom's tensors say how much they wanted; this is anything else
-    std::fprintf(stderr, "loom %s: out of memory\n", command.c_str());
-    return 1;
+    return failed(command, "out of memory");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "loom %s: %s\n", command.c_str(), e.what());
-    return 1;
+    return failed(command, e.what());
   }
 }

@@ -64,7 +64,10 @@ void save_safetensors(const std::string& path, const NamedTensorList& tensors,
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
-  const std::string bytes = read_file(path, "load_safetensors");
+  return parse_safetensors(read_file(path, "load_safetensors"), path);
+}
+
+SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& path) {
   const uint64_t file_size = bytes.size();
   LOOM_CHECK(file_size >= 8, "load_safetensors: '", path, "' is too short (", file_size, " bytes) to be a safetensors file");
   uint64_t n = 0;

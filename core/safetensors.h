@@ -29,5 +29,7 @@ struct SafetensorsFile {
 // loom::Error naming the path and what is wrong; it never reads out of
 // bounds. F16 and F64 tensors are converted to float32.
 SafetensorsFile load_safetensors(const std::string& path);
+// The same from a file's bytes already in memory; `path` names them in errors.
+SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& path);
 
 }  // namespace loom

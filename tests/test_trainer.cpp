@@ -323,6 +323,22 @@ TEST_CASE("Resume refuses another config, an incomplete optimizer state and bad 
         "complete loom training checkpoint)");
   CHECK(with_metadata("config", "{\"wrapper\": ").rfind(
             "loom_resume_checks/checkpoint.safetensors (config): not valid JSON: ", 0) == 0);
+  // The batch: a checkpoint without it cannot be resumed exactly (generate and eval still read it).
+  CHECK(with_metadata("global_batch", nullptr, /*loads=*/true) ==
+        "train: cannot resume from 'loom_resume_checks/checkpoint.safetensors': it does not record its global batch "
+        "(written by a loom before data-parallel training); train into a new --out");
+  CHECK(with_metadata("global_batch", "eight") ==
+        "load_checkpoint: 'loom_resume_checks/checkpoint.safetensors': metadata 'global_batch' must be an integer in "
+        "[0, 9223372036854775807], got \"eight\"");
+  write_file_atomic(ckpt, good, "test");
+  tc.batch_size = 2;
+  CHECK(resume_with(kConfig) ==
+        "train: cannot resume from 'loom_resume_checks/checkpoint.safetensors': it was written with a global batch of "
+        "4 sequences of 16 tokens per step, this run has 2 of 16 (1 rank x grad_accum 1 x batch_size 2); keep "
+        "seq_len, and ranks x grad_accum x batch_size at 4 (with fewer ranks, a larger --grad-accum)");
+  tc.batch_size = 1, tc.grad_accum = 4;  // the same 4 sequences per step: accepted
+  CHECK(resume_with(kConfig) == "no error");
+  tc.batch_size = 4, tc.grad_accum = 1;
   // The optimizer cannot be ahead of the run.
   CHECK(with_metadata("step", "1", /*loads=*/true) ==
         "train: 'loom_resume_checks/checkpoint.safetensors' holds an optimizer at step 2 but a run at step 1");

@@ -121,6 +121,28 @@ double all_reduce_mean(double value) {
   return value;
 }
 
+int all_reduce_max(int value) {
+#ifdef LOOM_HAVE_MPI
+  if (world > 1) check_mpi(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+#endif
+  return value;
+}
+
+void broadcast(std::string& bytes, int root) {
+#ifdef LOOM_HAVE_MPI
+  if (world == 1) return;
+  uint64_t size = bytes.size();
+  check_mpi(MPI_Bcast(&size, 1, MPI_UINT64_T, root, MPI_COMM_WORLD), "MPI_Bcast");
+  bytes.resize(size);
+  constexpr uint64_t kChunk = uint64_t(1) << 30;  // MPI counts are ints
+  for (uint64_t at = 0; at < size; at += kChunk)
+    check_mpi(MPI_Bcast(bytes.data() + at, int(std::min(kChunk, size - at)), MPI_CHAR, root, MPI_COMM_WORLD),
+              "MPI_Bcast");
+#else
+  (void)bytes, (void)root;
+#endif
+}
+
 void barrier() {
 #ifdef LOOM_HAVE_MPI
   if (world > 1) MPI_Barrier(MPI_COMM_WORLD);
@@ -139,7 +161,8 @@ void abort_all(int code) {
 struct GradReducer::Bucket {
   std::vector<size_t> params;  // indices into params_, in the order they sit in `flat`
   std::vector<int64_t> offsets;
-  std::vector<float> flat;
+  std::vector<float> flat;  // the gradients, then one "has a gradient" flag per parameter
+  int64_t flags = 0;        // where the flags start in `flat`
   size_t waiting = 0;  // parameters whose gradient is not complete yet
   bool started = false;
 #ifdef LOOM_HAVE_MPI
@@ -157,6 +180,12 @@ GradReducer::GradReducer(std::vector<Tensor> params, size_t bucket_bytes) : para
     b.params.push_back(i);
     b.offsets.push_back(int64_t(b.flat.size()));
     b.flat.resize(b.flat.size() + size_t(params_[i].numel()));
+  }
+  // The flags are summed with the gradients: a parameter that no rank gave a
+  // gradient to keeps none (the optimizer skips it, as on one process).
+  for (Bucket& b : buckets_) {
+    b.flags = int64_t(b.flat.size());
+    b.flat.resize(b.flat.size() + b.params.size());
   }
   std::sort(where_.begin(), where_.end());
 }
@@ -207,6 +236,7 @@ void GradReducer::start(Bucket& b) {
     } else {
       std::fill(dst, dst + p.numel(), 0.0f);
     }
+    b.flat[size_t(b.flags) + j] = g.defined() ? 1.0f : 0.0f;
   }
   b.started = true;
 #ifdef LOOM_HAVE_MPI
@@ -230,6 +260,10 @@ void GradReducer::finish() {
     for (size_t j = 0; j < b.params.size(); ++j) {  // unpack: grad = sum / world
       const Tensor& p = params_[b.params[j]];
       Tensor& g = p.mutable_grad();
+      if (b.flat[size_t(b.flags) + j] == 0.0f) {
+        g = Tensor();
+        continue;
+      }
       if (!g.defined() || !g.is_contiguous()) g = empty(p.sizes());
       float* dst = g.data_ptr<float>();
       const float* src = b.flat.data() + b.offsets[size_t(j)];

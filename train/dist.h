@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include <loom/core/tensor.h>
@@ -47,6 +48,8 @@ bool is_main();    // rank 0: the one that writes files and prints
 void broadcast(const std::vector<Tensor>& tensors, int root = 0);  // float32, contiguous, in place
 void all_reduce_mean(const std::vector<Tensor>& tensors);          // float32, contiguous, in place
 double all_reduce_mean(double value);
+int all_reduce_max(int value);
+void broadcast(std::string& bytes, int root = 0);  // resized on the other ranks
 void barrier();
 
 // Ends the whole job with `code` (MPI_Abort on every rank), so that an error
@@ -69,7 +72,8 @@ class GradReducer {
   // call it before the last micro-batch's backward only, like DDP's no_sync.)
   void begin();
   // Waits for every bucket; then each parameter's .grad() is the mean over
-  // the ranks (a parameter no rank gave a gradient to gets zeros).
+  // the ranks (a parameter no rank gave a gradient to keeps none, so the
+  // optimizer skips it as it would on one process).
   void finish();
 
   size_t buckets() const;

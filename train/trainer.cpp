@@ -10,7 +10,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <omp.h>
+#include <optional>
 #include <sstream>
+#include <tuple>
 
 #include <loom/core/autograd.h>
 #include <loom/core/error.h>
@@ -20,6 +23,7 @@
 #include <loom/core/storage.h>
 #include <loom/models/autoregressive.h>
 #include <loom/ops/ops.h>
+#include <loom/train/dist.h>
 #include <loom/train/optim.h>
 
 namespace loom {
@@ -99,8 +103,13 @@ void write_loss_svg(const std::string& path, const std::vector<Point>& train, co
 
 }  // namespace
 
-double evaluate_language_model(const LoadedModel& model, const std::vector<uint8_t>& data, int64_t seq_len,
-                               int64_t windows) {
+namespace {
+
+// The summed loss and the count of the windows in chunks first_chunk,
+// first_chunk + stride, ... of 16 windows (one forward each), so that ranks
+// can share an evaluation.
+std::pair<double, double> evaluation_sum(const LoadedModel& model, const std::vector<uint8_t>& data, int64_t seq_len,
+                                         int64_t windows, int64_t first_chunk, int64_t stride) {
   NoGradGuard no_grad;
   const bool was_training = model.module().is_training();
   model.module().eval();
@@ -108,13 +117,21 @@ double evaluate_language_model(const LoadedModel& model, const std::vector<uint8
   Tensor all = contiguous_windows(data, seq_len + 1, windows);
   double total = 0;
   int64_t count = 0;
-  for (int64_t first = 0; first < all.size(0); first += 16) {  // 16 windows per forward
+  for (int64_t first = 16 * first_chunk; first < all.size(0); first += 16 * stride) {
     const int64_t n = std::min<int64_t>(16, all.size(0) - first);
     total += double(ar.loss(all.narrow(0, first, n)).item<float>()) * double(n);
     count += n;
   }
   model.module().train(was_training);
-  return total / double(count);
+  return {total, double(count)};
+}
+
+}  // namespace
+
+double evaluate_language_model(const LoadedModel& model, const std::vector<uint8_t>& data, int64_t seq_len,
+                               int64_t windows) {
+  const auto [total, count] = evaluation_sum(model, data, seq_len, windows, 0, 1);
+  return total / count;
 }
 
 
@@ -127,11 +144,12 @@ struct CheckpointFile {
   int64_t step = 0;
   uint64_t data_seed = 0, data_offset = 0, rng_seed = 0, rng_offset = 0;
   Precision precision = Precision::Float32;
+  int64_t global_batch = 0, seq_len = 0;  // sequences and tokens per step; 0: not recorded (an older loom)
   NamedTensorList model, optim;
 };
 
-CheckpointFile read_checkpoint(const std::string& path) {
-  SafetensorsFile f = load_safetensors(path);
+// `f` is the file at `path`, read.
+CheckpointFile read_checkpoint(SafetensorsFile f, const std::string& path) {
   auto text = [&](const std::string& key) -> const std::string& {
     auto it = f.metadata.find(key);
     LOOM_CHECK(it != f.metadata.end(), "load_checkpoint: '", path, "' has no '", key,
@@ -156,6 +174,8 @@ CheckpointFile read_checkpoint(const std::string& path) {
   c.rng_seed = number("rng_seed", UINT64_MAX), c.rng_offset = number("rng_offset", UINT64_MAX);
   if (f.metadata.count("precision"))  // absent in checkpoints from before bfloat16: those ran in float32
     c.precision = parse_precision(text("precision"), "load_checkpoint: '" + path + "': metadata 'precision'");
+  for (auto [key, value] : {std::pair{"global_batch", &c.global_batch}, {"seq_len", &c.seq_len}})
+    if (f.metadata.count(key)) *value = int64_t(number(key, uint64_t(INT64_MAX)));
   for (auto& [name, t] : f.tensors) {
     if (name.rfind("model.", 0) == 0) c.model.emplace_back(name.substr(6), t);
     else if (name.rfind("optim.", 0) == 0) c.optim.emplace_back(name.substr(6), t);
@@ -233,11 +253,30 @@ int64_t checked_mul(int64_t a, int64_t b, const char* what) {
 
 constexpr int64_t kMaxSkippedInARow = 10;
 
+// Runs `write` on rank 0 only, the rank that writes files. Under MPI an
+// error there is thrown on every rank, so that none waits in a collective
+// for a rank that has stopped. One process runs it as it is.
+template <class F>
+void on_main(F&& write) {
+  if (dist::world_size() == 1) return write();
+  std::string error;
+  if (dist::is_main()) {
+    try {
+      write();
+    } catch (const std::exception& e) {
+      error = e.what();
+      if (error.empty()) error = "train: rank 0 failed";
+    }
+  }
+  dist::broadcast(error);
+  LOOM_CHECK(error.empty(), error);
+}
+
 }  // namespace
 
 Checkpoint load_checkpoint(const std::string& path_in) {
   const std::string path = std::filesystem::is_directory(path_in) ? path_in + "/checkpoint.safetensors" : path_in;
-  CheckpointFile f = read_checkpoint(path);
+  CheckpointFile f = read_checkpoint(load_safetensors(path), path);
   Checkpoint c;
   c.config_text = f.config_text;
   c.step = f.step;
@@ -270,13 +309,25 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
              " bytes of training text, the corpus has ", corpus.train.size());
   LOOM_CHECK(tc.seq_len < int64_t(corpus.val.size()), "train: seq_len ", tc.seq_len, " needs more than ", tc.seq_len,
              " bytes of held-out text, the corpus has ", corpus.val.size());
-  const int64_t tokens_per_step =
-      checked_mul(checked_mul(tc.batch_size, tc.seq_len, "batch_size x seq_len"), tc.grad_accum, "tokens per step");
-  const int64_t eval_windows = checked_mul(tc.eval_batches, tc.batch_size, "eval_batches x batch_size");
-  std::error_code ec;
-  fs::create_directories(tc.out_dir, ec);
-  LOOM_CHECK(!ec, "train: cannot create the folder '", tc.out_dir, "': ", ec.message());
+  // Data-parallel (train/dist.h): a step's global batch is ranks x grad_accum
+  // x batch_size sequences, drawn once from the data stream as one process
+  // with that batch would draw them; rank r's micro-batch a is its slice
+  // (r·grad_accum + a)·batch_size, so the ranks' losses and gradients average
+  // to the whole batch's.
+  const int64_t ranks = dist::world_size(), rank = dist::rank();
+  checked_mul(tc.batch_size, tc.seq_len, "batch_size x seq_len");  // a batch's tokens fit in int64
+  const int64_t global_batch = checked_mul(checked_mul(ranks, tc.grad_accum, "ranks x grad_accum"), tc.batch_size,
+                                           "ranks x grad_accum x batch_size");
+  const int64_t tokens_per_step = checked_mul(global_batch, tc.seq_len, "tokens per step");
+  // Evaluation batches are of the global batch's size: the same windows however the batch is split.
+  const int64_t eval_windows = checked_mul(tc.eval_batches, global_batch, "eval_batches x global batch");
+  const bool quiet = tc.quiet || !dist::is_main();  // rank 0 prints
   const std::string ckpt_path = tc.out_dir + "/checkpoint.safetensors", metrics_path = tc.out_dir + "/metrics.jsonl";
+  on_main([&] {
+    std::error_code ec;
+    fs::create_directories(tc.out_dir, ec);
+    LOOM_CHECK(!ec, "train: cannot create the folder '", tc.out_dir, "': ", ec.message());
+  });
 
   nn::Module& net = model.module();
   net.train();
@@ -284,15 +335,23 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   AdamW opt(net.named_parameters(), {.lr = tc.lr, .weight_decay = tc.weight_decay});
   const LRSchedule schedule{.max_lr = tc.lr, .min_lr = tc.min_lr, .warmup_steps = tc.warmup_steps, .total_steps = tc.steps};
   Generator data_gen(tc.seed);
-  manual_seed(tc.seed + 1);  // dropout
+  // Dropout: each rank its own masks (seed + 1 + rank), the same number of draws.
+  default_generator() = Generator(tc.seed + 1 + uint64_t(rank));
   int64_t step = 0;
   int64_t saved_step = -1;  // the step of the checkpoint on disk from this run (or the one resumed), -1: none
-  std::vector<Point> train_curve, val_curve;
+  std::vector<Point> train_curve, val_curve;  // rank 0's, for loss.svg
   Precision precision = tc.precision.value_or(Precision::Float32);
 
   if (resume) {
-    LOOM_CHECK(fs::exists(ckpt_path), "train: --resume given but '", ckpt_path, "' does not exist");
-    CheckpointFile f = read_checkpoint(ckpt_path);
+    // Rank 0 reads the checkpoint and sends its bytes to every rank: the
+    // other hosts need not see rank 0's disk.
+    std::string bytes;
+    on_main([&] {
+      LOOM_CHECK(fs::exists(ckpt_path), "train: --resume given but '", ckpt_path, "' does not exist");
+      bytes = read_file(ckpt_path, "load_safetensors");
+    });
+    dist::broadcast(bytes);
+    CheckpointFile f = read_checkpoint(parse_safetensors(bytes, ckpt_path), ckpt_path);
     // Resuming with another model (or another dropout, or ...) would silently
     // train something that is neither run: the configs must be the same.
     const std::string diff = first_difference(parse_json(f.config_text, ckpt_path + " (config)"),
@@ -305,6 +364,16 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
                "' with precision ", precision_name(*tc.precision), ": the run trains in ", precision_name(f.precision),
                " (leave the precision out, --precision, to keep it, or train into a new --out)");
     precision = f.precision;
+    // So would another batch: the same sequences per step, however many ranks.
+    LOOM_CHECK(f.global_batch != 0, "train: cannot resume from '", ckpt_path,
+               "': it does not record its global batch (written by a loom before data-parallel training); "
+               "train into a new --out");
+    LOOM_CHECK(f.global_batch == global_batch && f.seq_len == tc.seq_len, "train: cannot resume from '", ckpt_path,
+               "': it was written with a global batch of ", f.global_batch, " sequences of ", f.seq_len,
+               " tokens per step, this run has ", global_batch, " of ", tc.seq_len, " (", ranks,
+               ranks == 1 ? " rank" : " ranks", " x grad_accum ", tc.grad_accum, " x batch_size ", tc.batch_size,
+               "); keep seq_len, and ranks x grad_accum x batch_size at ", f.global_batch,
+               " (with fewer ranks, a larger --grad-accum)");
     net.load_state_dict(f.model);
     opt.load_state_dict(f.optim);
     LOOM_CHECK(opt.steps() <= f.step, "train: '", ckpt_path, "' holds an optimizer at step ", opt.steps(),
@@ -313,12 +382,13 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
     saved_step = f.step;
     data_gen = Generator(f.data_seed);
     data_gen.set_offset(f.data_offset);
-    default_generator() = Generator(f.rng_seed);
+    default_generator() = Generator(f.rng_seed + uint64_t(rank));  // rank 0's state is the one saved
     default_generator().set_offset(f.rng_offset);
-    resume_metrics(metrics_path, step, train_curve, val_curve);
+    on_main([&] { resume_metrics(metrics_path, step, train_curve, val_curve); });
   } else {
-    write_file_atomic(metrics_path, "", "train");
+    on_main([&] { write_file_atomic(metrics_path, "", "train"); });
   }
+  if (ranks > 1) dist::broadcast(net.parameters());  // every rank starts from rank 0's weights
 
   // Why a run stopped without saving: what is on disk is still good.
   auto kept = [&] {
@@ -326,23 +396,36 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
                            : std::string("no checkpoint was written");
   };
   auto save = [&] {
-    NamedTensorList all;
-    for (auto& [name, t] : net.state_dict()) all.emplace_back("model." + name, t);
-    for (auto& [name, t] : opt.state_dict()) all.emplace_back("optim." + name, t);
-    const std::string bad = first_nonfinite(all);
-    LOOM_CHECK(bad.empty(), "train: '", bad, "' holds inf or NaN at step ", step, "; stopped without saving (", kept(), ")");
-    save_safetensors(ckpt_path, all,
-                     {{"config", config_text}, {"step", std::to_string(step)},
-                      {"data_seed", std::to_string(data_gen.seed())}, {"data_offset", std::to_string(data_gen.offset())},
-                      {"rng_seed", std::to_string(default_generator().seed())},
-                      {"rng_offset", std::to_string(default_generator().offset())},
-                      {"precision", precision_name(precision)}, {"format", "loom-checkpoint-1"}});
+    on_main([&] {
+      NamedTensorList all;
+      for (auto& [name, t] : net.state_dict()) all.emplace_back("model." + name, t);
+      for (auto& [name, t] : opt.state_dict()) all.emplace_back("optim." + name, t);
+      const std::string bad = first_nonfinite(all);
+      LOOM_CHECK(bad.empty(), "train: '", bad, "' holds inf or NaN at step ", step, "; stopped without saving (", kept(),
+                 ")");
+      save_safetensors(ckpt_path, all,
+                       {{"config", config_text}, {"step", std::to_string(step)},
+                        {"data_seed", std::to_string(data_gen.seed())}, {"data_offset", std::to_string(data_gen.offset())},
+                        {"rng_seed", std::to_string(default_generator().seed())},
+                        {"rng_offset", std::to_string(default_generator().offset())},
+                        {"global_batch", std::to_string(global_batch)}, {"seq_len", std::to_string(tc.seq_len)},
+                        {"precision", precision_name(precision)}, {"format", "loom-checkpoint-1"}});
+    });
     saved_step = step;
   };
 
   StopSignals signals;
-  const bool tty = isatty(STDOUT_FILENO);
-  AppendFile metrics(metrics_path, "train");
+  const bool tty = isatty(STDOUT_FILENO) && ranks == 1;  // mpirun gives ranks a terminal even when piped
+  std::optional<AppendFile> metrics;
+  on_main([&] { metrics.emplace(metrics_path, "train"); });
+  auto log_line = [&](const nlohmann::json& line) { metrics->append(line.dump() + "\n"); };
+  std::optional<dist::GradReducer> reducer;  // with more than one rank
+  if (ranks > 1) reducer.emplace(net.parameters());
+  if (!quiet && ranks > 1)
+    std::printf("data-parallel: %lld ranks x grad_accum %lld x batch_size %lld = %lld sequences per step; OpenMP "
+                "threads per rank: %d\n",
+                static_cast<long long>(ranks), static_cast<long long>(tc.grad_accum),
+                static_cast<long long>(tc.batch_size), static_cast<long long>(global_batch), omp_get_max_threads());
   TrainResult result;
   result.precision = precision;
   const bool bf16 = precision == Precision::BFloat16;
@@ -352,28 +435,35 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   reset_peak_memory_stats();
   double tokens = 0;
   int64_t skipped_in_a_row = 0;
+  // The signal all ranks stop on: one rank's Ctrl-C or SIGTERM stops them all
+  // at the end of the same step.
+  int stop = dist::all_reduce_max(interrupted);
 
   const int64_t last_step = tc.stop_after > 0 ? std::min(tc.steps, step + tc.stop_after) : tc.steps;
-  while (step < last_step && !interrupted) {
+  while (step < last_step && !stop) {
     const auto step_start = Clock::now();
     opt.set_lr(schedule.at(step));
     opt.zero_grad();
+    const Tensor rows = sample_windows(corpus.train, global_batch, tc.seq_len + 1, data_gen);
     double loss_sum = 0;
     for (int64_t a = 0; a < tc.grad_accum; ++a) {
       // One autocast region per batch: parameters' bfloat16 copies are made
       // once for its forward and backward, and AdamW (below) runs in float32.
       AutocastGuard autocast(bf16);
-      Tensor batch = sample_windows(corpus.train, tc.batch_size, tc.seq_len + 1, data_gen);
+      const Tensor batch = rows.narrow(0, (rank * tc.grad_accum + a) * tc.batch_size, tc.batch_size);
+      if (reducer && a == tc.grad_accum - 1) reducer->begin();  // the last backward reduces while it runs
       Tensor loss = ar.loss(batch);
       (tc.grad_accum > 1 ? loss / float(tc.grad_accum) : loss).backward();
       loss_sum += loss.item<float>();
     }
+    if (reducer) reducer->finish();  // every gradient is now the mean over the ranks
     tokens += double(tokens_per_step);
-    const double loss = loss_sum / double(tc.grad_accum);
+    const double loss = dist::all_reduce_mean(loss_sum / double(tc.grad_accum));
     const double grad_norm = clip_grad_norm(net.parameters(), tc.grad_clip > 0 ? tc.grad_clip : INFINITY);
     ++step;
     // A non-finite loss or gradient would turn every weight into NaN at the
-    // update: stop (or skip the step) before it.
+    // update: stop (or skip the step) before it. Both are the same on every
+    // rank, so the ranks decide alike.
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     if (finite) {
       opt.step();
@@ -387,8 +477,8 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
       if (!tc.skip_nonfinite)
         fail("train: ", what.str(), " at step ", step, "; stopped without saving (", kept(),
              "). Lower the learning rate, or skip such steps (skip_nonfinite, loom train --skip-nonfinite)");
-      metrics.append(nlohmann::json{{"step", step}, {"skipped", what.str()}}.dump() + "\n");
-      if (!tc.quiet)
+      on_main([&] { log_line({{"step", step}, {"skipped", what.str()}}); });
+      if (!quiet)
         std::printf("%sstep %lld skipped: %s\n", tty ? "\n" : "", static_cast<long long>(step), what.str().c_str());
       ++result.skipped_steps;
       LOOM_CHECK(++skipped_in_a_row < kMaxSkippedInARow, "train: ", kMaxSkippedInARow,
@@ -401,46 +491,48 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
     const double eta = elapsed / double(step - first_step) * double(tc.steps - step);
     if (finite && (step % tc.log_every == 0 || step == tc.steps)) {
       // One write per line, straight to the file: a kill -9 loses none of them.
-      metrics.append(nlohmann::json{{"step", step}, {"loss", loss}, {"lr", opt.lr()}, {"tokens_per_s", tok_s}}.dump() +
-                     "\n");
+      on_main([&] { log_line({{"step", step}, {"loss", loss}, {"lr", opt.lr()}, {"tokens_per_s", tok_s}}); });
       train_curve.push_back({step, loss});
-      if (!tc.quiet && !tty)
+      if (!quiet && !tty)
         std::printf("step %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  eta %s\n", static_cast<long long>(step),
                     static_cast<long long>(tc.steps), loss, opt.lr(), tok_s, format_eta(eta).c_str());
     }
-    if (!tc.quiet && tty) {
+    if (!quiet && tty) {
       const int width = 30, done = int(width * step / tc.steps);
       std::printf("\r[%s%s] %lld/%lld  loss %.4f  %.0f tok/s  eta %s   ", std::string(size_t(done), '#').c_str(),
                   std::string(size_t(width - done), '.').c_str(), static_cast<long long>(step),
                   static_cast<long long>(tc.steps), result.train_loss, tok_s, format_eta(eta).c_str());
     }
     if (step % tc.eval_every == 0 || step == tc.steps) {
+      // The ranks share the evaluation's forwards and sum the losses.
+      double total = 0, count = 0;
       {
         AutocastGuard autocast(bf16);
-        result.val_loss = evaluate_language_model(model, corpus.val, tc.seq_len, eval_windows);
+        std::tie(total, count) = evaluation_sum(model, corpus.val, tc.seq_len, eval_windows, rank, ranks);
       }
-      metrics.append(
-          nlohmann::json{{"step", step}, {"val_loss", result.val_loss}, {"val_bpc", result.val_loss / std::log(2.0)}}
-              .dump() +
-          "\n");
+      result.val_loss = dist::all_reduce_mean(total) / dist::all_reduce_mean(count);
       if (std::isfinite(result.val_loss)) val_curve.push_back({step, result.val_loss});
-      if (!tc.quiet)
+      on_main([&] {
+        log_line({{"step", step}, {"val_loss", result.val_loss}, {"val_bpc", result.val_loss / std::log(2.0)}});
+        write_loss_svg(tc.out_dir + "/loss.svg", train_curve, val_curve, tc.steps);
+      });
+      if (!quiet)
         std::printf("%sstep %lld  held-out loss %.4f  (%.3f bits per character)\n", tty ? "\n" : "",
                     static_cast<long long>(step), result.val_loss, result.val_loss / std::log(2.0));
-      write_loss_svg(tc.out_dir + "/loss.svg", train_curve, val_curve, tc.steps);
     }
     if (step % tc.checkpoint_every == 0 || step == last_step) save();
     std::fflush(stdout);
+    stop = dist::all_reduce_max(interrupted);
   }
-  if (interrupted) {
+  if (stop) {
     if (saved_step != step) save();
-    if (!tc.quiet)
-      std::printf("\ninterrupted by %s: checkpoint saved at step %lld\n", interrupted == SIGTERM ? "SIGTERM" : "SIGINT",
+    if (!quiet)
+      std::printf("\ninterrupted by %s: checkpoint saved at step %lld\n", stop == SIGTERM ? "SIGTERM" : "SIGINT",
                   static_cast<long long>(step));
   }
   result.step = step;
-  result.interrupted = interrupted != 0;
-  result.signal = interrupted;
+  result.interrupted = stop != 0;
+  result.signal = stop;
   result.seconds_per_step = step_seconds / double(std::max<int64_t>(1, step - first_step));
   result.peak_memory_bytes = max_memory_allocated();
   return result;

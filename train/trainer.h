@@ -8,6 +8,17 @@
 // before it reaches the weights (or, with skip_nonfinite, skips that step);
 // a failed write stops it with errno's reason. Either way every file
 // written before is left as it was.
+//
+// Under mpirun (train/dist.h; call dist::init first) every rank calls
+// train_language_model with the same arguments and they train one model
+// data-parallel: a step's global batch is ranks x grad_accum x batch_size
+// sequences, the very ones one process with that batch would draw; each
+// rank runs its grad_accum micro-batches of batch_size, the gradients are
+// averaged over the ranks (during the last backward) before clipping and
+// the step. Rank 0 alone prints and writes out_dir; the ranks agree on
+// stopping (a signal to any of them, a non-finite loss, a failed write), so
+// none waits for another. Without dropout the losses match one process's
+// to rounding (with dropout each rank draws its own masks).
 #pragma once
 
 #include <optional>
@@ -23,14 +34,14 @@ struct TrainConfig {
   int64_t steps = 1000;
   int64_t batch_size = 16;
   int64_t seq_len = 128;
-  int64_t grad_accum = 1;
+  int64_t grad_accum = 1;  // micro-batches of batch_size per step (and rank), their gradients summed
   double lr = 1e-3;
   double min_lr = 1e-4;
   int64_t warmup_steps = 100;
   double weight_decay = 0.1;
   double grad_clip = 1.0;  // 0 = off
   int64_t eval_every = 100;
-  int64_t eval_batches = 16;
+  int64_t eval_batches = 16;  // held-out batches of the global batch's size per evaluation
   int64_t checkpoint_every = 200;
   int64_t log_every = 10;
   uint64_t seed = 0;
@@ -61,13 +72,15 @@ struct TrainResult {
 
 // Trains model (a causal TransformerWrapper over byte tokens) on the corpus.
 // config_text is the model's JSON config, stored in the checkpoint. With
-// resume, continues from out_dir/checkpoint.safetensors.
+// resume, continues from out_dir/checkpoint.safetensors, which must have
+// been written with the same config, seq_len and global batch (any number
+// of ranks: fewer ranks make it up with a larger grad_accum).
 TrainResult train_language_model(const LoadedModel& model, const std::string& config_text, const TextCorpus& corpus,
                                  const TrainConfig& config, bool resume = false);
 
-// Mean next-byte loss (nats) over the first eval_batches · batch_size
-// windows of `data`; bits per character = loss / ln 2. In the caller's
-// precision (an AutocastGuard around it evaluates in bfloat16).
+// Mean next-byte loss (nats) over the first `windows` windows of `data`;
+// bits per character = loss / ln 2. In the caller's precision (an
+// AutocastGuard around it evaluates in bfloat16).
 double evaluate_language_model(const LoadedModel& model, const std::vector<uint8_t>& data, int64_t seq_len,
                                int64_t windows);
 
