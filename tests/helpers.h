@@ -65,6 +65,17 @@ inline void for_each_isa(const std::function<void(const std::string&)>& body) {
 
 // The thread counts threaded code is tested at: 1, 2 and more than the
 // cores of any machine we run on.
+// The message of the loom::Error f throws, or "no error".
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const loom::Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 inline const std::vector<int> kThreadCounts = {1, 2, 8};
 
 // While alive, OpenMP regions started on this thread use `n` threads.

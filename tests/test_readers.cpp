@@ -47,15 +47,6 @@ std::string safetensors_file(const std::string& header, const std::string& data)
   return out + header + data;
 }
 
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 // Restores "no memory limit" however the test ends.
 struct MemoryLimit {

@@ -111,15 +111,6 @@ TEST_CASE("Training: 1, 2 and 8 threads reach the same held-out loss (within 1e-
 namespace {
 std::string file_bytes(const std::string& path) { return read_file(path, "test"); }
 
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 // Rewrites a checkpoint with `edit` applied to its tensors and metadata.
 template <class F>

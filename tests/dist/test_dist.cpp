@@ -90,15 +90,6 @@ void check_same_losses(const std::string& dir) {
   }
 }
 
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 // Rank 0's run folder, and another for every other rank, which must stay empty.
 std::string run_dir(const std::string& name) {
