@@ -14,18 +14,20 @@ struct Run {
   std::string out, err;
 };
 
-Run run(const std::string& args) {
-  const std::string cmd = std::string(LOOM_CLI) + " " + args + " > loom_cmd_out.txt 2> loom_cmd_err.txt";
+// `files`: the prefix of the files stdout and stderr go through.
+Run run(const std::string& args, const std::string& files = "loom_cmd") {
+  const std::string out = files + "_out.txt", err = files + "_err.txt";
+  const std::string cmd = std::string(LOOM_CLI) + " " + args + " > " + out + " 2> " + err;
   const int status = std::system(cmd.c_str());
-  auto slurp = [](const char* p) {
+  auto slurp = [](const std::string& p) {
     std::ifstream in(p);
     std::stringstream s;
     s << in.rdbuf();
     return s.str();
   };
-  Run r{WEXITSTATUS(status), slurp("loom_cmd_out.txt"), slurp("loom_cmd_err.txt")};
-  std::remove("loom_cmd_out.txt");
-  std::remove("loom_cmd_err.txt");
+  Run r{WEXITSTATUS(status), slurp(out), slurp(err)};
+  std::remove(out.c_str());
+  std::remove(err.c_str());
   return r;
 }
 }  // namespace
@@ -131,20 +133,7 @@ TEST_CASE("loom train, generate and eval on a small text") {
 
 TEST_CASE("loom generate --selective-budget: pruned decoding of a selective model, bad values named") {
   // Its own file names: ctest may run the other case of this file at the same time.
-  auto run_here = [](const std::string& args) {
-    const std::string cmd = std::string(LOOM_CLI) + " " + args + " > loom_sel_out.txt 2> loom_sel_err.txt";
-    const int status = std::system(cmd.c_str());
-    auto slurp = [](const char* p) {
-      std::ifstream in(p);
-      std::stringstream s;
-      s << in.rdbuf();
-      return s.str();
-    };
-    Run r{WEXITSTATUS(status), slurp("loom_sel_out.txt"), slurp("loom_sel_err.txt")};
-    std::remove("loom_sel_out.txt");
-    std::remove("loom_sel_err.txt");
-    return r;
-  };
+  auto run_here = [](const std::string& args) { return run(args, "loom_sel"); };
   std::string text;
   for (int i = 0; i < 200; ++i) text += "to be or not to be, that is the question. ";
   std::ofstream("loom_sel_corpus.txt") << text;
