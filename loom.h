@@ -8,6 +8,7 @@
 #include <loom/core/generator.h>
 #include <loom/core/gradcheck.h>
 #include <loom/core/npy.h>
+#include <loom/core/parallel.h>
 #include <loom/core/png.h>
 #include <loom/core/profile.h>
 #include <loom/core/safetensors.h>

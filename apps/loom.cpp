@@ -229,15 +229,19 @@ int train(int argc, char** argv) {
     std::printf("model: %lld parameters; data: %zu files, %zu bytes train, %zu held out\n",
                 static_cast<long long>(model.module().num_parameters()), corpus.files.size(), corpus.train.size(),
                 corpus.val.size());
+  // Threads: as OMP_NUM_THREADS says, or else chosen by timing steps (an idle
+  // machine keeps all cores; a busy one gets fewer; core/parallel.h).
+  tc.adapt_threads = std::getenv("OMP_NUM_THREADS") == nullptr;
   loom::TrainResult r = loom::train_language_model(model, config_text, corpus, tc, f.count("resume") > 0);
   if (main_rank)
-    std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step (%s), %.0f tokens/s, "
-                "peak tensor memory %.1f MB; checkpoint in %s\n",
+    std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step (%s), %.0f tokens/s "
+                "(%d threads%s), peak tensor memory %.1f MB; checkpoint in %s\n",
                 static_cast<long long>(r.step), r.val_loss, r.val_loss / std::log(2.0), 1000 * r.seconds_per_step,
                 loom::precision_name(r.precision),
                 r.seconds_per_step > 0
                     ? double(loom::dist::world_size() * tc.grad_accum * tc.batch_size * tc.seq_len) / r.seconds_per_step
                     : 0.0,
+                r.threads, r.thread_switches > 0 ? ", chosen by timing steps" : "",
                 double(r.peak_memory_bytes) / 1e6, tc.out_dir.c_str());
   return r.interrupted ? 128 + r.signal : 0;  // 130 for SIGINT, 143 for SIGTERM, as the shell reports
 }
@@ -393,7 +397,11 @@ int failed(const std::string& command, const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  loom::openmp_wait_defaults(argv);  // robust on a busy machine (core/parallel.h)
+  // Robust on a busy machine (core/parallel.h): passive OpenMP waits, except
+  // for a `loom train` that picks its thread count by timing its steps
+  // (OMP_NUM_THREADS unset): it keeps the fast spinning waits.
+  if (!(argc > 1 && std::string(argv[1]) == "train" && !std::getenv("OMP_NUM_THREADS")))
+    loom::openmp_wait_defaults(argv);
   loom::dist::init(argc, argv);  // MPI when started by mpirun; else a world of one
   const std::string command = argc > 1 ? argv[1] : "";
   const char* usage = command == "train"      ? kTrainUsage

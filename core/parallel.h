@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include <omp.h>
 
@@ -55,5 +56,40 @@ void parallel_for(int64_t n, int64_t work_per_item, F&& f) {
 // LOOM_KEEP_OPENMP_WAIT=1 skips this. The loom CLI, loom-bench and the
 // examples do; a program linking loom may do the same or set it itself.
 void openmp_wait_defaults(char** argv);
+
+// StepThreads: the thread count for a step run many times over (a training
+// step), chosen by timing it. Passive waits cost every fork/join a wake-up
+// (the char-LM step at 2 threads ran 20 % slower with them on an idle
+// machine); spinning waits collapse when another process holds a core. With
+// spinning waits and this, an idle machine keeps all its threads, and a busy
+// one drops to the count that runs fastest: now and then (after 4 steps,
+// then 8, 16, ... up to 512 while nothing changes; 16 after a switch) two
+// steps run at the next count down (or up), and the count switches when the
+// faster of them beats the median of the last 5 steps by 15 %. Candidates:
+// max, max/2, ..., 1.
+//
+//   StepThreads threads(omp_get_max_threads());
+//   for (...) { omp_set_num_threads(threads.next()); <step>; threads.record(seconds); }
+//
+// The choice depends on timing, so a run that adapts is reproducible only
+// as far as its thread counts were the same; loom train adapts only when
+// OMP_NUM_THREADS is not set.
+class StepThreads {
+ public:
+  explicit StepThreads(int max_threads);
+  int next() const;              // threads for the coming step
+  void record(double seconds);   // the time of the step just run at next()
+  int current() const { return candidates_[current_]; }  // the count steps run at between probes
+  int64_t switches() const { return switches_; }
+
+ private:
+  std::vector<int> candidates_;  // max_threads, halving down to 1
+  size_t current_ = 0;
+  std::vector<double> recent_;  // last step times at current()
+  int64_t since_probe_ = 0, probe_every_ = 4, switches_ = 0;
+  int probe_ = -1;                    // candidate index being probed, or -1
+  std::vector<double> probe_times_;
+  bool probe_down_ = true;
+};
 
 }  // namespace loom

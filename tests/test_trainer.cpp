@@ -5,9 +5,11 @@
 #include <loom/loom.h>
 #include <loom/core/io.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 using namespace loom;
 
@@ -106,6 +108,103 @@ TEST_CASE("Training: 1, 2 and 8 threads reach the same held-out loss (within 1e-
     CHECK(a.val_loss < 3.0);  // it learned something: untrained is ln 256 = 5.5
     CHECK(std::abs(a.val_loss - one_thread) < 1e-3);
   }
+}
+
+namespace {
+// Runs StepThreads over `steps` steps whose time is step_time(step, threads);
+// returns the thread count of every step.
+template <class F>
+std::vector<int> adapt(StepThreads& st, int64_t steps, F step_time) {
+  std::vector<int> used;
+  for (int64_t s = 0; s < steps; ++s) {
+    used.push_back(st.next());
+    st.record(step_time(s, used.back()));
+  }
+  return used;
+}
+int64_t count_of(const std::vector<int>& v, int value, size_t from = 0) {
+  return std::count(v.begin() + std::ptrdiff_t(from), v.end(), value);
+}
+}  // namespace
+
+TEST_CASE("StepThreads keeps all threads when they are fastest and drops to fewer when a core is busy") {
+  // Idle 2-core machine: 2 threads take 1.0, 1 thread 1.6. The count stays
+  // at 2; the probes at 1 thread are a small share of the steps.
+  StepThreads idle(2);
+  std::vector<int> used = adapt(idle, 2000, [](int64_t, int t) { return t == 2 ? 1.0 : 1.6; });
+  CHECK(idle.current() == 2);
+  CHECK(idle.switches() == 0);
+  CHECK(count_of(used, 1) > 0);                         // it did look
+  CHECK(count_of(used, 1) <= 2 * 10);  // probes of 2 steps after 4, 8, ..., 512 steps, then every 512
+  CHECK(count_of(used, 1, 1000) <= 2 * 2);
+
+  // A busy core: 2 threads collapse to 10 per step. The first probe finds 1
+  // thread faster (even though the first step at a new count costs 3x) and
+  // the run stays there, looking back at 2 ever more rarely.
+  StepThreads busy(2);
+  int last = 2;
+  used = adapt(busy, 2000, [&](int64_t, int t) {
+    const double first = t != last ? 3.0 : 1.0;
+    last = t;
+    return first * (t == 2 ? 10.0 : 1.6);
+  });
+  CHECK(busy.current() == 1);
+  CHECK(busy.switches() == 1);
+  const auto switched = std::find(used.begin(), used.end(), 1) - used.begin();
+  CHECK(switched <= 8);
+  CHECK(count_of(used, 2, size_t(switched) + 2) <= 2 * 8);  // after 16, 32, ..., 512, then every 512
+
+  // The other process ends at step 300: the run goes back to 2 threads.
+  StepThreads comes_and_goes(2);
+  int64_t back = -1;  // the step after which it runs at 2 threads again
+  for (int64_t s = 0; s < 1500; ++s) {
+    const int t = comes_and_goes.next();
+    comes_and_goes.record(t == 2 ? (s < 300 ? 10.0 : 1.0) : 1.6);
+    if (s == 299) CHECK(comes_and_goes.current() == 1);
+    if (back < 0 && s >= 300 && comes_and_goes.current() == 2) back = s;
+  }
+  CHECK(comes_and_goes.current() == 2);
+  CHECK(comes_and_goes.switches() == 2);
+  CHECK(back >= 300);
+  CHECK(back <= 300 + 512 + 2);  // within the longest wait between probes
+
+  // 8 threads on a machine where one of 8 cores is busy: 8 collapse, 4 are
+  // the fastest (halving: 8, 4, 2, 1).
+  StepThreads eight(8);
+  adapt(eight, 3000, [](int64_t, int t) { return t == 8 ? 5.0 : 1.0 / t; });
+  CHECK(eight.current() == 4);
+
+  // One thread: nothing to choose.
+  StepThreads one(1);
+  used = adapt(one, 100, [](int64_t, int) { return 1.0; });
+  CHECK(count_of(used, 1) == 100);
+}
+
+TEST_CASE("Training with adapt_threads: losses as with fixed threads (within 1e-4), and the threads are restored") {
+  // The probes run some steps at fewer threads; only oneDNN's summation
+  // order may differ then, in the last bits.
+  const char* config = R"({"wrapper": "TransformerWrapper", "num_tokens": 256, "max_seq_len": 32,
+    "attn_layers": {"type": "Decoder", "dim": 64, "depth": 2, "heads": 4, "attn_dim_head": 16, "ff_mult": 4}})";
+  TextCorpus corpus = toy_corpus();
+  auto run = [&](bool adapt) {
+    std::filesystem::remove_all("loom_adapt");
+    manual_seed(5);
+    LoadedModel m = model_from_json(config);
+    TrainConfig tc{.steps = 40, .batch_size = 8, .seq_len = 32, .lr = 3e-3, .min_lr = 3e-4, .warmup_steps = 5,
+                   .eval_every = 40, .eval_batches = 4, .checkpoint_every = 1000, .log_every = 10, .seed = 3,
+                   .out_dir = "loom_adapt", .quiet = true, .adapt_threads = adapt};
+    TrainResult r = train_language_model(m, config, corpus, tc);
+    std::filesystem::remove_all("loom_adapt");
+    return r;
+  };
+  const int max_threads = omp_get_max_threads();
+  const TrainResult fixed = run(false), adapted = run(true);
+  CHECK(omp_get_max_threads() == max_threads);
+  CHECK(fixed.threads == max_threads);
+  CHECK(adapted.threads >= 1);
+  CHECK(adapted.threads <= max_threads);
+  CHECK(adapted.val_loss < 3.0);
+  CHECK(std::abs(adapted.val_loss - fixed.val_loss) < 1e-4);
 }
 
 namespace {

@@ -18,6 +18,7 @@
 #include <loom/core/autograd.h>
 #include <loom/core/error.h>
 #include <loom/core/io.h>
+#include <loom/core/parallel.h>
 #include <loom/core/json.h>
 #include <loom/core/safetensors.h>
 #include <loom/core/storage.h>
@@ -440,7 +441,11 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   int stop = dist::all_reduce_max(interrupted);
 
   const int64_t last_step = tc.stop_after > 0 ? std::min(tc.steps, step + tc.stop_after) : tc.steps;
+  const int max_threads = omp_get_max_threads();
+  std::optional<StepThreads> threads;
+  if (tc.adapt_threads && ranks == 1) threads.emplace(max_threads);
   while (step < last_step && !stop) {
+    if (threads) omp_set_num_threads(threads->next());
     const auto step_start = Clock::now();
     opt.set_lr(schedule.at(step));
     opt.zero_grad();
@@ -485,7 +490,12 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
                  " steps in a row had a non-finite loss or gradient norm (the last at step ", step, ": ", what.str(),
                  "); stopped (", kept(), ")");
     }
-    step_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
+    const double this_step = std::chrono::duration<double>(Clock::now() - step_start).count();
+    step_seconds += this_step;
+    if (threads) {  // evaluations and checkpoints run at the chosen count, not a probe's
+      threads->record(this_step);
+      omp_set_num_threads(threads->current());
+    }
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     const double tok_s = tokens / std::max(elapsed, 1e-9);
     const double eta = elapsed / double(step - first_step) * double(tc.steps - step);
@@ -533,6 +543,9 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   result.step = step;
   result.interrupted = stop != 0;
   result.signal = stop;
+  result.threads = threads ? threads->current() : max_threads;
+  result.thread_switches = threads ? threads->switches() : 0;
+  if (threads) omp_set_num_threads(max_threads);
   result.seconds_per_step = step_seconds / double(std::max<int64_t>(1, step - first_step));
   result.peak_memory_bytes = max_memory_allocated();
   return result;

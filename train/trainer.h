@@ -57,6 +57,11 @@ struct TrainConfig {
   // float32. Stored in the checkpoint: unset, a resumed run keeps the
   // checkpoint's and a new run is Float32; set, a resume must match it.
   std::optional<Precision> precision;
+  // Choose the OpenMP thread count by timing steps (core/parallel.h,
+  // StepThreads): all threads on an idle machine, fewer when another process
+  // holds cores. Off, every step runs at omp_get_max_threads(). Single-rank
+  // runs only; `loom train` turns it on when OMP_NUM_THREADS is not set.
+  bool adapt_threads = false;
 };
 
 struct TrainResult {
@@ -64,6 +69,8 @@ struct TrainResult {
   double train_loss = 0, val_loss = 0;
   bool interrupted = false;
   int signal = 0;                    // SIGINT or SIGTERM when interrupted
+  int threads = 0;                   // OpenMP threads the steps ran at (at the end, with adapt_threads)
+  int64_t thread_switches = 0;       // with adapt_threads: times the count changed
   int64_t skipped_steps = 0;         // with skip_nonfinite: steps not applied
   double seconds_per_step = 0;       // wall time of this run's steps (evaluations excluded)
   int64_t peak_memory_bytes = 0;     // largest tensor memory in use during this run
