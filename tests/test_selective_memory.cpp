@@ -120,7 +120,7 @@ TEST_CASE("Selective memory loss: its gradient passes gradcheck") {
   CHECK(max(abs(bias.grad())).item<float>() > 1e-3f);
 }
 
-TEST_CASE("Selective memory loss: the training loss adds ε times the layers' mean; ε = 0 adds nothing") {
+TEST_CASE("Selective memory loss: the training loss adds ε times the layers' mean, and nothing at ε = 0") {
   Generator g(7);
   Tensor tokens = randint(0, 17, {3, 13}, g);
   auto loss_and_grads = [&](double eps, bool training) {
