@@ -28,4 +28,5 @@
 #include <loom/models/xtransformer.h>
 #include <loom/train/optim.h>
 #include <loom/train/data.h>
+#include <loom/train/pruning.h>
 #include <loom/train/trainer.h>

@@ -3,6 +3,7 @@
 //   loom train     --config C.json --data PATH --out DIR [--steps --batch-size --seq-len --lr ...]
 //   loom generate  --checkpoint DIR --prompt TEXT [--max-tokens --temperature --top-k --top-p --min-p --selective-budget]
 //   loom eval      --checkpoint DIR --data PATH
+//   loom budgets   --checkpoint DIR --data PATH (--tolerance BITS | --max-bits BITS) [--seq-len --windows]
 //   loom forward   --config C.json --weights W.safetensors --input in.npy --output out.npy [...]
 //   loom forward   --config C.json --weights W.safetensors --src S.npy --tgt T.npy --output out.npy
 //
@@ -18,6 +19,7 @@
 #include <loom/train/dist.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -37,6 +39,7 @@ const char* kMainUsage =
     "  train     train a language model on text (byte tokens) from a JSON config\n"
     "  generate  continue a prompt with a trained checkpoint\n"
     "  eval      held-out loss and bits per character of a checkpoint\n"
+    "  budgets   per-layer KV-cache budgets for selective attention's context pruning\n"
     "  forward   one forward pass from .npy inputs, for checking loom against other code\n"
     "\n"
     "Run `loom COMMAND --help` for a command's flags.\n";
@@ -90,7 +93,9 @@ const char* kGenerateUsage =
     "  --min-p X         keep tokens with p >= X * max p; 0 = off (0)\n"
     "  --selective-budget K  selective attention's context pruning: keep at most K\n"
     "                    positions per layer in the KV cache, evicting the most\n"
-    "                    masked; needs a model trained with selective attention; 0 = off (0)\n"
+    "                    masked; K1,K2,...,KL gives each self-attention layer its own\n"
+    "                    (`loom budgets` chooses them); needs a model trained with\n"
+    "                    selective attention; 0 = the whole context (0)\n"
     "  --seed N          sampling seed (0)\n"
     "  --precision P     fp32, or bf16: the forward under bfloat16 autocast (fp32)\n";
 
@@ -100,6 +105,21 @@ const char* kEvalUsage =
     "Prints the mean next-byte loss and bits per character on the held-out 10% of PATH\n"
     "(the same split `loom train` uses), in fp32 or under bfloat16 autocast (bf16); fp32\n"
     "by default.\n";
+
+const char* kBudgetsUsage =
+    "usage: loom budgets --checkpoint DIR --data PATH (--tolerance BITS | --max-bits BITS) [flags]\n"
+    "\n"
+    "Chooses a KV-cache budget per self-attention layer for selective attention's context\n"
+    "pruning, on windows of the held-out 10% of PATH decoded a byte a step as `loom generate`\n"
+    "does: every layer starts at the whole window; then, layer by layer from the first, a\n"
+    "binary search finds the smallest budget that keeps the bits per character within the\n"
+    "target, the other layers at their budgets. Prints them as --selective-budget takes them,\n"
+    "and the smallest single budget for all layers that meets the same target.\n"
+    "\n"
+    "  --tolerance BITS  bits per character allowed above the unpruned model\n"
+    "  --max-bits BITS   an absolute target instead (e.g. a plain model's bits per character)\n"
+    "  --seq-len N       window length (128)\n"
+    "  --windows N       held-out windows searched (32)\n";
 
 const char* kUsage =
     "usage: loom forward --config C.json --weights W.safetensors --input in.npy --output out.npy [inputs]\n"
@@ -246,6 +266,27 @@ int train(int argc, char** argv) {
   return r.interrupted ? 128 + r.signal : 0;  // 130 for SIGINT, 143 for SIGTERM, as the shell reports
 }
 
+// --selective-budget: K for every self-attention layer, or K1,K2,...,KL one
+// per layer (integers >= 0, 0 = the whole context); absent: no pruning.
+std::vector<int64_t> budgets_flag(const std::map<std::string, std::string>& f, const loom::TransformerWrapper& net) {
+  auto it = f.find("selective-budget");
+  if (it == f.end()) return {};
+  std::vector<int64_t> budgets;
+  std::stringstream items(it->second);
+  for (std::string item; std::getline(items, item, ',');)
+    budgets.push_back(int_flag({{"selective-budget", item}}, "selective-budget", 0, 0));
+  if (it->second.empty() || it->second.back() == ',')
+    throw UsageError("--selective-budget must be an integer >= 0 or a list K1,...,KL of them, got '" + it->second + "'");
+  const int64_t depth = net.attn_layers->self_attention_layers();
+  if (budgets.size() != 1 && int64_t(budgets.size()) != depth)
+    throw UsageError("--selective-budget needs 1 value or " + std::to_string(depth) + " (one per self-attention layer), got " +
+                     std::to_string(budgets.size()) + ": '" + it->second + "'");
+  if (std::any_of(budgets.begin(), budgets.end(), [](int64_t k) { return k > 0; }) &&
+      !net.attn_layers->config.attn.selective)
+    throw UsageError("--selective-budget needs a checkpoint trained with selective attention");
+  return budgets;
+}
+
 int generate(int argc, char** argv) {
   auto f = parse_flags(argc, argv, 2, {"checkpoint", "prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p",
                                       "seed", "precision", "selective-budget"});
@@ -261,9 +302,7 @@ int generate(int argc, char** argv) {
   o.top_p = num_flag(f, "top-p", 0, 0);
   o.min_p = num_flag(f, "min-p", 0, 0);
   if (o.top_p > 1 || o.min_p > 1) throw UsageError("--top-p and --min-p must be at most 1");
-  o.selective_budget = int_flag(f, "selective-budget", 0, 0);
-  if (o.selective_budget > 0 && !ck.model.transformer->attn_layers->config.attn.selective)
-    throw UsageError("--selective-budget needs a checkpoint trained with selective attention");
+  o.selective_budgets = budgets_flag(f, *ck.model.transformer);
   const int64_t n = int_flag(f, "max-tokens", 200, 0);
   std::vector<int64_t> ids(f["prompt"].begin(), f["prompt"].end());
   for (int64_t& id : ids) id = int64_t(uint8_t(id));
@@ -292,6 +331,42 @@ int evaluate(int argc, char** argv) {
   }
   std::printf("held-out loss %.4f nats, %.4f bits per character (step %lld, %s)\n", loss, loss / std::log(2.0),
               static_cast<long long>(ck.step), loom::precision_name(precision));
+  return 0;
+}
+
+int budgets(int argc, char** argv) {
+  auto f = parse_flags(argc, argv, 2, {"checkpoint", "data", "tolerance", "max-bits", "seq-len", "windows"});
+  for (const char* required : {"checkpoint", "data"})
+    if (!f.count(required)) throw UsageError(std::string("--") + required + " is required");
+  if (f.count("tolerance") == f.count("max-bits")) throw UsageError("give one of --tolerance and --max-bits");
+  loom::Checkpoint ck = loom::load_checkpoint(f["checkpoint"]);
+  if (!ck.model.transformer || !ck.model.transformer->attn_layers->config.attn.selective)
+    throw UsageError("--checkpoint needs a TransformerWrapper trained with selective attention");
+  loom::TransformerWrapper& net = *ck.model.transformer;
+  const int64_t seq_len = int_flag(f, "seq-len", 128, 1), windows = int_flag(f, "windows", 32, 1);
+  loom::Tensor held_out = loom::contiguous_windows(loom::load_text_corpus(f["data"]).val, seq_len + 1, windows);
+  const double ln2 = std::log(2.0);
+  const auto start = std::chrono::steady_clock::now();
+  const loom::PrunedEvaluation whole = loom::evaluate_pruned(net, held_out, {});
+  const double max_bits = f.count("max-bits") ? num_flag(f, "max-bits", 0, 0) : whole.loss / ln2 + num_flag(f, "tolerance", 0, 0);
+  if (max_bits < whole.loss / ln2)
+    throw std::runtime_error("the unpruned model's " + std::to_string(whole.loss / ln2) + " bits per character are above --max-bits");
+  std::printf("unpruned: %.4f bits per character, peak KV cache %.1f KiB per sequence (%lld windows of %lld bytes)\n",
+              whole.loss / ln2, whole.peak_bytes / 1024, static_cast<long long>(held_out.size(0)),
+              static_cast<long long>(seq_len));
+  for (bool per_layer : {true, false}) {
+    const loom::BudgetChoice c = loom::choose_selective_budgets(net, held_out, max_bits * ln2, per_layer);
+    std::string list;
+    for (int64_t k : c.budgets) list += (list.empty() ? "" : ",") + std::to_string(k);
+    if (!per_layer) list = std::to_string(c.budgets[0]);
+    std::printf("%s --selective-budget %s: %.4f bits per character, peak KV cache %.1f KiB (%.3fx), %lld evaluations\n",
+                per_layer ? "per layer:  " : "one for all:", list.c_str(), c.evaluation.loss / ln2,
+                c.evaluation.peak_bytes / 1024, c.evaluation.peak_bytes / whole.peak_bytes,
+                static_cast<long long>(c.evaluations));
+    std::fflush(stdout);
+  }
+  std::printf("target %.4f bits per character; search %.1f s\n", max_bits,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return 0;
 }
 
@@ -407,12 +482,14 @@ int main(int argc, char** argv) {
   const char* usage = command == "train"      ? kTrainUsage
                       : command == "generate" ? kGenerateUsage
                       : command == "eval"     ? kEvalUsage
+                      : command == "budgets"  ? kBudgetsUsage
                       : command == "forward"  ? kUsage
                                               : kMainUsage;
   try {
     if (command == "train") return train(argc, argv);
     if (command == "generate") return generate(argc, argv);
     if (command == "eval") return evaluate(argc, argv);
+    if (command == "budgets") return budgets(argc, argv);
     if (command == "forward") return forward(argc, argv);
     if (command == "--help" || command == "-h" || command == "help") {
       std::fputs(kMainUsage, stdout);

@@ -95,7 +95,7 @@ void pruning_picture(const std::string& path, const std::string& checkpoint, int
   NoGradGuard no_grad;
   ck.model.module().eval();
   nn::LayersCache cache;
-  cache.budget = budget;
+  cache.budgets = {budget};
   std::vector<std::vector<float>> layers;  // per layer, (n, n): log(1 + F), -inf evicted, NaN future
   for (int64_t t = 0; t < n; ++t) {
     ck.model.transformer->forward(tokens.narrow(1, t, 1), {}, &cache);

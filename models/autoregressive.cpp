@@ -23,8 +23,12 @@ Tensor AutoregressiveWrapper::loss(const Tensor& x, const WrapperInputs& in) con
   Tensor inp = x.narrow(1, 0, n), target = x.narrow(1, 1, n);
   WrapperInputs inputs = in;
   if (in.mask.defined()) inputs.mask = in.mask.narrow(1, 0, n);
+  // Selective attention's memory loss, in training only (evaluations report the plain loss).
+  Tensor memory;
+  if (net->is_training() && net->attn_layers->config.attn.selective_memory_loss > 0) inputs.selective_memory_loss = &memory;
   Tensor logits = net->forward(inp, inputs);
-  return cross_entropy(logits.reshape({b * n, logits.size(-1)}), target.reshape({b * n}), ignore_index);
+  Tensor ce = cross_entropy(logits.reshape({b * n, logits.size(-1)}), target.reshape({b * n}), ignore_index);
+  return memory.defined() ? ce + memory : ce;
 }
 
 // ---- filters (x-transformers: they act on the raw logits) -----------------------------------
@@ -102,11 +106,17 @@ Tensor AutoregressiveWrapper::generate(const Tensor& prompts, int64_t seq_len, c
   std::vector<int64_t> seq = prompts.contiguous().to_vector<int64_t>();  // (b, t + generated), row-major
   int64_t len = t;
   bool use_cache = o.cache_kv && net->can_cache_kv();
-  LOOM_CHECK(o.selective_budget >= 0, "generate: selective_budget must be >= 0, got ", o.selective_budget);
-  LOOM_CHECK(o.selective_budget == 0 || (use_cache && net->attn_layers->config.attn.selective),
-             "generate: selective_budget needs a model with selective attention, decoded with a KV cache");
+  const std::vector<int64_t>& budgets = o.selective_budgets;
+  const bool pruned = std::any_of(budgets.begin(), budgets.end(), [](int64_t k) { return k != 0; });
+  LOOM_CHECK(std::all_of(budgets.begin(), budgets.end(), [](int64_t k) { return k >= 0; }),
+             "generate: selective_budgets must be >= 0, got ", budgets);
+  const int64_t depth = net->attn_layers->self_attention_layers();
+  LOOM_CHECK(budgets.size() <= 1 || int64_t(budgets.size()) == depth, "generate: selective_budgets: ", budgets.size(),
+             " values ", budgets, " for ", depth, " self-attention layers (give one for all, or one per layer)");
+  LOOM_CHECK(!pruned || (use_cache && net->attn_layers->config.attn.selective),
+             "generate: selective_budgets needs a model with selective attention, decoded with a KV cache");
   nn::LayersCache cache;
-  cache.budget = o.selective_budget;
+  cache.budgets = budgets;
   std::vector<bool> done(size_t(b), false);
   std::vector<int64_t> out(size_t(b * seq_len), pad_value);
 
@@ -130,7 +140,7 @@ Tensor AutoregressiveWrapper::generate(const Tensor& prompts, int64_t seq_len, c
     Tensor logits;
     // Past the absolute positions: a window instead (a pruned cache cannot
     // fall back to it: its model would see other keys than it did).
-    LOOM_CHECK(!(o.selective_budget > 0 && len > max_len), "generate: selective_budget: the sequence (", len,
+    LOOM_CHECK(!(pruned && len > max_len), "generate: selective_budgets: the sequence (", len,
                ") would pass the model's max_seq_len (", max_len, ")");
     if (use_cache && len > max_len) use_cache = false;
     if (use_cache) {

@@ -19,11 +19,12 @@ struct GenerateOptions {
   std::optional<int64_t> eos_token;  // stop when every row has produced it; later tokens become pad_value
   int64_t pad_value = 0;
   bool cache_kv = true;      // decode with a KV cache when the model allows it
-  // Selective attention's context pruning: > 0 keeps at most this many
-  // positions in each self-attention layer's KV cache, evicting the most
-  // masked (highest F) after every step (nn::prune). Needs a selective-
-  // attention model and cache_kv. 0 keeps the whole context.
-  int64_t selective_budget = 0;
+  // Selective attention's context pruning: at most this many positions in
+  // each self-attention layer's KV cache, evicting the most masked (highest
+  // F) after every step (nn::LayersCache::budgets, nn::prune): one value for
+  // every layer or one per layer, 0 = that layer's whole context. Needs a
+  // selective-attention model and cache_kv. Empty keeps the whole context.
+  std::vector<int64_t> selective_budgets;
 };
 
 class AutoregressiveWrapper {
@@ -32,7 +33,9 @@ class AutoregressiveWrapper {
                                  int64_t pad_value = 0);
 
   // x: int64 (b, n + 1). Predicts x[:, 1:] from x[:, :-1]; targets equal to
-  // ignore_index do not count. Returns the mean cross-entropy.
+  // ignore_index do not count. Returns the mean cross-entropy; in training,
+  // plus selective attention's memory loss when the config sets it
+  // (attn_selective_memory_loss, nn::AttentionConfig::selective_memory_loss).
   Tensor loss(const Tensor& x, const WrapperInputs& in = {}) const;
 
   // Continues each prompt (b, t) by seq_len tokens and returns only the new

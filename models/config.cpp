@@ -137,6 +137,8 @@ void attention_keys(Reader& r, const std::string& p, nn::AttentionConfig& a) {
   r.boolean(p + "swiglu_values", a.swiglu_values);
   r.boolean(p + "gate_value_heads", a.gate_value_heads);
   r.boolean(p + "selective", a.selective);
+  r.number(p + "selective_memory_loss", a.selective_memory_loss, 0, 1e30);  // loom's: the paper's ε (recalled)
+  r.number(p + "selective_memory_loss_tau", a.selective_memory_loss_tau, 1e-30, 1e30);
   r.boolean(p + "zero_init_output", a.zero_init_output);
   r.boolean(p + "pre_talking_heads", a.pre_talking_heads);
   r.boolean(p + "post_talking_heads", a.post_talking_heads);

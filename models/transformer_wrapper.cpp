@@ -119,6 +119,7 @@ Tensor TransformerWrapper::forward(const Tensor& tokens, const WrapperInputs& in
   li.context = in.context, li.context_mask = in.context_mask, li.attn_mask = in.attn_mask;
   li.attn_bias = in.attn_bias, li.pos = in.layer_pos, li.mask = in.mask;
   li.condition = in.condition, li.prefix_attn_len = in.prefix_attn_len;
+  li.selective_memory_loss = in.selective_memory_loss;
   // Learned tokens in front of the sequence, visible to all: cls tokens,
   // then memory (register) tokens before them.
   const int64_t c = o.use_cls_token ? o.num_cls_tokens : 0, m = o.num_memory_tokens;

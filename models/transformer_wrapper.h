@@ -59,6 +59,7 @@ struct WrapperInputs {
   std::vector<Tensor> mems;
   std::vector<Tensor>* mems_out = nullptr;
   bool return_embeddings = false;  // the final hidden states (b, n, dim) instead of logits
+  Tensor* selective_memory_loss = nullptr;  // see nn::LayersInputs (AutoregressiveWrapper::loss sets it)
 };
 
 class TransformerWrapper : public nn::Module {

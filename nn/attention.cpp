@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 
+#include <loom/core/autocast.h>
 #include <loom/core/autograd.h>
 #include <loom/core/error.h>
 #include <loom/ops/ops.h>
@@ -29,21 +30,43 @@ Tensor mix_heads(const Tensor& w, const Tensor& t) {
   return matmul(w.view({h, h}), t.reshape({b, h, i * j})).view({b, h, i, j});
 }
 
-// Selective attention on materialised logits s (b, h, i, j), already masked:
-// head 0's positive logits, except on keys that are not gated (the first
-// key and memory keys, or as carry.gated says) and each query's own, are
-// summed over the earlier queries (plus carry.F from earlier calls) and
-// subtracted from every head, as loom::attention does.
-Tensor selective_logits(const Tensor& s, const Tensor& carry_F, const Tensor& gated, Tensor* carry_out) {
-  const int64_t b = s.size(0), i = s.size(2), j = s.size(3), offset = j - i;
+// Selective attention's gate from head 0's masked logits s0 (b, i, j): its
+// positive logits, except on keys that are not gated (the first key and
+// memory keys, or as `gated` says) and on each query's own key.
+Tensor selective_gate(const Tensor& s0, const Tensor& gated) {
+  const int64_t b = s0.size(0), i = s0.size(1), j = s0.size(2), offset = j - i;
   Tensor col = arange(j).view({1, j}), row = arange(i).view({i, 1});
   Tensor ungated = gated.defined() ? logical_not(gated).view({b, 1, j}) : le(col, scalar_tensor(double(offset), kInt64));
   Tensor excluded = logical_or(ungated, eq(col, row + offset));
-  Tensor gate = masked_fill(relu(s.select(1, 0)), excluded, 0.0);  // (b, i, j)
-  Tensor earlier = cumsum(gate, 1) - gate;                           // Σ over rows before each row
+  return masked_fill(relu(s0), excluded, 0.0);  // (b, i, j)
+}
+
+// Selective attention on materialised logits s (b, h, i, j), already masked:
+// head 0's gate, summed over the earlier queries (plus carry.F from earlier
+// calls), is subtracted from every head, as loom::attention does.
+Tensor selective_logits(const Tensor& s, const Tensor& carry_F, const Tensor& gated, Tensor* carry_out, Tensor* gate_out) {
+  const int64_t b = s.size(0), j = s.size(3);
+  Tensor gate = selective_gate(s.select(1, 0), gated);
+  if (gate_out) *gate_out = gate;
+  Tensor earlier = cumsum(gate, 1) - gate;  // Σ over rows before each row
   if (carry_F.defined()) earlier = earlier + carry_F.detach().unsqueeze(1);
   if (carry_out) *carry_out = (carry_F.defined() ? carry_F.detach() : zeros({b, j})) + sum(gate, {1}).detach();
   return s - earlier.unsqueeze(1);
+}
+
+// Head 0 of a tensor that broadcasts to (b, h, i, j): its head dim narrowed to 1.
+Tensor head0(const Tensor& t) {
+  const int64_t hd = t.dim() - 3;
+  return hd >= 0 && t.size(hd) > 1 ? t.narrow(hd, 0, 1) : t;
+}
+
+// Which logits are visible, broadcastable to (b, h, i, j).
+Tensor allowed_logits(int64_t b, int64_t i, int64_t j, const Tensor& key_mask, const Tensor& attn_mask, bool causal) {
+  Tensor allowed = ones({1, 1, i, j}, kBool);
+  if (key_mask.defined()) allowed = logical_and(allowed, key_mask.view({b, 1, 1, j}));
+  if (attn_mask.defined()) allowed = logical_and(allowed, attn_mask);
+  if (causal) allowed = logical_and(allowed, tril(ones({i, j}, kBool), j - i));
+  return allowed;
 }
 
 // The k-th largest value of each row of t (..., j), as (..., 1); no gradient
@@ -112,6 +135,10 @@ Attention::Attention(const AttentionConfig& c) : config(c) {
   if (o.value_dim_head == 0) o.value_dim_head = o.dim_head;
   if (o.dim_out == 0) o.dim_out = o.dim;
   LOOM_CHECK(!o.selective || o.causal, "Attention: selective attention needs causal = true");
+  LOOM_CHECK(o.selective_memory_loss >= 0 && o.selective_memory_loss_tau > 0,
+             "Attention: selective_memory_loss must be >= 0 and selective_memory_loss_tau > 0, got ",
+             o.selective_memory_loss, " and ", o.selective_memory_loss_tau);
+  LOOM_CHECK(o.selective_memory_loss == 0 || o.selective, "Attention: selective_memory_loss needs selective attention");
   LOOM_CHECK(o.dropout >= 0 && o.dropout < 1, "Attention: dropout must be in [0, 1), got ", o.dropout);
   LOOM_CHECK(o.num_mem_kv >= 0, "Attention: num_mem_kv must be >= 0, got ", o.num_mem_kv);
   LOOM_CHECK(o.sparse_topk >= 0, "Attention: sparse_topk must be >= 0, got ", o.sparse_topk);
@@ -186,6 +213,17 @@ Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, cons
     a.selective_carry = carry.F, a.selective_gated = carry.gated, a.selective_carry_out = carry.out;
     a.dropout = p;
     a.generator = generator;
+    if (carry.gate) {
+      // The memory loss needs F with autograd, which the kernel's has not:
+      // head 0's logits again, as the kernel computes its gate (float32, bias,
+      // masks), in plain ops; b·i·j floats, only when the loss is on.
+      AutocastGuard fp32(false);
+      const int64_t b = q.size(0), i = q.size(2), j = k.size(2);
+      Tensor s0 = matmul(q.narrow(1, 0, 1), k.narrow(1, 0, 1).transpose(-1, -2)) * float(scale);  // (b, 1, i, j)
+      if (bias.defined()) s0 = s0 + head0(bias);
+      Tensor allowed = allowed_logits(b, i, j, key_mask, in.attn_mask.defined() ? head0(in.attn_mask) : Tensor(), o.causal);
+      *carry.gate = selective_gate(masked_fill(s0, logical_not(allowed), kMaxNeg).select(1, 0), carry.gated);
+    }
     return attention(q, k, v, a);
   }
   // x-transformers' Attend, step by step on the (b, h, i, j) logits.
@@ -199,12 +237,9 @@ Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, cons
   if (pre_softmax_talking_heads.defined()) s = s + mix_heads(pre_softmax_talking_heads, s);
   if (bias.defined()) s = s + bias;
   if (o.softclamp_logits) s = tanh(s / float(o.logit_softclamp_value)) * float(o.logit_softclamp_value);
-  Tensor allowed = ones({1, 1, i, j}, kBool);
-  if (key_mask.defined()) allowed = logical_and(allowed, key_mask.view({b, 1, 1, j}));
-  if (in.attn_mask.defined()) allowed = logical_and(allowed, in.attn_mask);
-  if (o.causal) allowed = logical_and(allowed, tril(ones({i, j}, kBool), j - i));
+  Tensor allowed = allowed_logits(b, i, j, key_mask, in.attn_mask, o.causal);
   s = masked_fill(s, logical_not(allowed), kMaxNeg);
-  if (o.selective) s = selective_logits(s, carry.F, carry.gated, carry.out);
+  if (o.selective) s = selective_logits(s, carry.F, carry.gated, carry.out, carry.gate);
   if (in.pre_softmax_out) *in.pre_softmax_out = s;
   Tensor a = o.sparse_topk > 0 ? topk_softmax(s, o.sparse_topk, o.sparse_topk_straight_through) : softmax(s, -1);
   a = dropout(a, p, p > 0, generator);
@@ -334,7 +369,25 @@ Tensor Attention::forward(const Tensor& x, const AttentionInputs& in) const {
     carry.gated = cat({zeros({b, m}, kBool), ne(c.pos, scalar_tensor(0.0, kInt64))}, 1);  // position 0 is never gated
     carry.out = &carry_out;
   }
+  Tensor gate;
+  if (in.selective_memory_out) {
+    LOOM_CHECK(o.selective && !in.cache && !cross,
+               "Attention: the selective memory loss needs selective self-attention without a KV cache");
+    carry.gate = &gate;
+  }
   Tensor out = attend(q, k, v, key_mask, in.attn_bias.defined() ? in.attn_bias : rel_bias, in, carry);  // (b, h, n, dv)
+  if (in.selective_memory_out) {
+    // N_i = Σ_j max(0, 1 − F_ij/τ) over the keys query i sees, except the
+    // learned memory key/values (no cache holds them); the term is
+    // (1/n)·max_i N_i, the share of the context a budget would have to keep.
+    const int64_t j = k.size(2);
+    Tensor F = cumsum(gate, 1) - gate;  // as the kernel's, the sum over earlier queries
+    Tensor kept = relu(1.0f - F / float(o.selective_memory_loss_tau));
+    Tensor visible = logical_and(head0(allowed_logits(b, n, j, key_mask, in.attn_mask, true)).select(1, 0),
+                                 ge(arange(j), scalar_tensor(double(o.num_mem_kv), kInt64)));
+    Tensor N = sum(masked_fill(kept, logical_not(visible), 0.0), {2});  // (b, n)
+    *in.selective_memory_out = mean(std::get<0>(max(N, 1))) / float(n);
+  }
   if (carry.out) self_cache->F = carry_out.narrow(1, o.num_mem_kv, carry_out.size(1) - o.num_mem_kv).contiguous();
   if (head_scale_params.defined()) out = out * head_scale_params;
   if (to_v_head_gate) out = out * sigmoid(to_v_head_gate->forward(x)).transpose(1, 2).unsqueeze(-1);

@@ -50,6 +50,13 @@ struct AttentionConfig {
   bool swiglu_values = false;
   bool gate_value_heads = false;  // per-head gate σ(W x + b) on the heads' outputs (W = 0, b = 10 at init)
   bool selective = false;
+  // Selective attention's training-time memory loss (Leviathan et al. 2024,
+  // as recalled): AutoregressiveWrapper::loss adds selective_memory_loss (ε)
+  // times the mean over self-attention layers of (1/n)·max_i N_i, N_i =
+  // Σ_{j≤i} max(0, 1 − F_ij/τ) the soft count of keys query i still sees.
+  // 0 = off (no cost); the paper's value is recalled as 0.1, τ as 1.
+  double selective_memory_loss = 0;
+  double selective_memory_loss_tau = 1;
   bool zero_init_output = false;
   // Options on the logits / weights (the materialised path):
   bool pre_talking_heads = false;    // s + W·s across heads before the softmax (W identity at init)
@@ -108,6 +115,10 @@ struct AttentionInputs {
   // Transformer-XL memory: earlier hidden states (b, m, dim), already
   // normed, in front of x as keys and values (self-attention); mem_mask (b, m).
   Tensor mem, mem_mask;
+  // Selective self-attention without a cache: receives this call's memory
+  // term (1/n)·max_i N_i (AttentionConfig::selective_memory_loss), the mean
+  // over batch rows, with autograd.
+  Tensor* selective_memory_out = nullptr;
 };
 
 class Attention : public Module {
@@ -132,6 +143,7 @@ class Attention : public Module {
   struct Carry {
     Tensor F, gated;
     Tensor* out = nullptr;
+    Tensor* gate = nullptr;  // receives head 0's gate G (b, i, j) with autograd, for the memory loss
   };
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask, const Tensor& bias,
                 const AttentionInputs& in, const Carry& carry) const;

@@ -363,6 +363,10 @@ bool AttentionLayers::needs_condition() const {
 
 // Token shift reads the previous positions' features, which a cached step
 // does not have (x-transformers caches anyway and shifts in zeros).
+int64_t AttentionLayers::self_attention_layers() const {
+  return int64_t(std::count(layer_types.begin(), layer_types.end(), "a"));
+}
+
 bool AttentionLayers::can_cache_kv() const {
   const AttentionLayersConfig& o = config;
   const bool shifts = std::any_of(o.shift_tokens.begin(), o.shift_tokens.end(), [](int64_t s) { return s != 0; });
@@ -435,9 +439,15 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
                "AttentionLayers: residual attention cannot be combined with a KV cache");
     int64_t attn_layers = 0;
     for (const std::string& t : layer_types) attn_layers += t != "f";
-    LOOM_CHECK(cache->budget >= 0, "AttentionLayers: the cache budget must be >= 0, got ", cache->budget);
-    LOOM_CHECK(cache->budget == 0 || o.attn.selective, "AttentionLayers: a cache budget (context pruning) needs selective attention");
-    LOOM_CHECK(cache->budget == 0 || !dynamic_pos, "AttentionLayers: a cache budget cannot be combined with the dynamic position bias");
+    const int64_t self_layers = self_attention_layers();
+    const std::vector<int64_t>& k = cache->budgets;
+    LOOM_CHECK(k.size() <= 1 || int64_t(k.size()) == self_layers, "AttentionLayers: ", k.size(),
+               " cache budgets for ", self_layers, " self-attention layers (give one for all, or one per layer)");
+    const bool pruned = std::any_of(k.begin(), k.end(), [](int64_t v) { return v != 0; });
+    LOOM_CHECK(std::all_of(k.begin(), k.end(), [](int64_t v) { return v >= 0; }),
+               "AttentionLayers: cache budgets must be >= 0, got ", k);
+    LOOM_CHECK(!pruned || o.attn.selective, "AttentionLayers: a cache budget (context pruning) needs selective attention");
+    LOOM_CHECK(!pruned || !dynamic_pos, "AttentionLayers: a cache budget cannot be combined with the dynamic position bias");
     if (cache->layers.empty()) cache->layers.resize(size_t(attn_layers));
     LOOM_CHECK(int64_t(cache->layers.size()) == attn_layers, "AttentionLayers: the cache has ", cache->layers.size(),
                " layers, the model ", attn_layers);
@@ -479,6 +489,7 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
   if (streams > 1) x = (x.unsqueeze(1) + stream_emb.unsqueeze(1)).reshape({b * streams, n, o.dim});
 
   size_t attn_index = 0, self_index = 0;
+  std::vector<Tensor> memory_terms;  // the selective memory loss's, one per self-attention layer run
   Tensor prev_attn, prev_cross_attn;      // residual attention: the last pre-softmax logits
   Tensor first_values, first_cross_values;  // value residual: the first layers' values
   for (size_t li = 0; li < stack_.size(); ++li) {
@@ -526,6 +537,8 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
       ai.pre_softmax_out = res_attn ? &next : nullptr;
       ai.value_residual = o.add_value_residual ? first : Tensor();
       ai.values_out = first.defined() ? nullptr : &values;
+      Tensor memory_term;
+      if (l.type == "a") ai.selective_memory_out = in.selective_memory_loss ? &memory_term : nullptr;
       if (l.type == "a" && ai.cache && ai.cache->pos.defined() && ai.cache->pos.size(1) < ai.cache->seen) {
         // A pruned cache: this layer's keys are no longer 0..total-1, so its
         // position encodings come from the positions it kept.
@@ -542,7 +555,11 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
       } else {
         out = l.attention->forward(h, ai);
       }
-      if (l.type == "a" && cache && cache->budget > 0) prune(*ai.cache, cache->budget);
+      if (l.type == "a" && cache && !cache->budgets.empty()) {
+        const int64_t k = cache->budgets[cache->budgets.size() == 1 ? 0 : self_index - 1];
+        if (k > 0) prune(*ai.cache, k);
+      }
+      if (memory_term.defined()) memory_terms.push_back(memory_term);
       if (res_attn) prev = next;
       if (!first.defined()) first = values;
     }
@@ -563,6 +580,11 @@ Tensor AttentionLayers::forward(const Tensor& x_in, const LayersInputs& in, Laye
     if (l.post_main_norm) x = norm(l.post_main_norm, x, condition);
   }
   if (cache) cache->length = total;
+  if (in.selective_memory_loss) {  // ε · (1/L) Σ_l, over the layers that ran (layer dropout skips some)
+    Tensor terms = scalar_tensor(0.0);
+    for (const Tensor& t : memory_terms) terms = terms + t;
+    *in.selective_memory_loss = terms * float(o.attn.selective_memory_loss / double(std::max<size_t>(1, memory_terms.size())));
+  }
   if (streams > 1) x = sum(x.view({b, streams, n, o.dim}), {1});  // the streams summed
   return final_norm ? norm(final_norm, x, condition) : x;
 }

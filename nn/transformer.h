@@ -115,16 +115,20 @@ struct LayersInputs {
   // self-attention layer's input, from which a wrapper makes the next memories.
   std::vector<Tensor> mems, mem_masks;
   std::vector<Tensor>* hiddens_out = nullptr;
+  // Selective attention's memory loss (AttentionConfig::selective_memory_loss
+  // > 0, no cache): receives ε times the mean of the self-attention layers' terms.
+  Tensor* selective_memory_loss = nullptr;
 };
 
 // The KV caches of every attention layer, for step-by-step decoding.
 struct LayersCache {
   std::vector<KVCache> layers;  // one per 'a' and 'c' layer, in order
   int64_t length = 0;           // positions seen so far
-  // Selective attention's context pruning: > 0 keeps at most this many
-  // positions in each self-attention layer's cache after every call,
-  // evicting the most masked (nn::prune). 0 keeps everything.
-  int64_t budget = 0;
+  // Selective attention's context pruning: at most budgets[l] positions stay
+  // in self-attention layer l's cache after every call, the most masked are
+  // evicted (nn::prune); one entry holds for every layer, 0 keeps a layer's
+  // whole context, none keeps everything.
+  std::vector<int64_t> budgets;
   int64_t bytes() const;  // what the layers' caches hold
 };
 
@@ -145,6 +149,7 @@ class AttentionLayers : public Module {
   }
   // Whether step-by-step decoding with a KV cache is possible.
   bool can_cache_kv() const;
+  int64_t self_attention_layers() const;  // the 'a' layers, which LayersCache::budgets counts
   bool needs_condition() const;
 
   AttentionLayersConfig config;

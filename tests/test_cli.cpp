@@ -131,7 +131,7 @@ TEST_CASE("loom train, generate and eval on a small text") {
   std::remove("loom_cli_config.json");
 }
 
-TEST_CASE("loom generate --selective-budget: pruned decoding of a selective model, bad values named") {
+TEST_CASE("loom generate --selective-budget and loom budgets: pruned decoding of a selective model, bad values named") {
   // Its own file names: ctest may run the other case of this file at the same time.
   auto run_here = [](const std::string& args) { return run(args, "loom_sel"); };
   std::string text;
@@ -159,6 +159,35 @@ TEST_CASE("loom generate --selective-budget: pruned decoding of a selective mode
   CHECK(negative.code == 2);
   CHECK(negative.err ==
         "loom generate: --selective-budget must be an integer >= 0, got '-1' (try 'loom generate --help')\n");
+  // One budget per self-attention layer (depth 2); one value holds for both.
+  Run both = run_here(gen + " --selective-budget 4,4"), mixed = run_here(gen + " --selective-budget 64,4");
+  CHECK(both.code == 0);
+  CHECK(both.out == tight.out);
+  CHECK(mixed.code == 0);
+  CHECK(mixed.out.size() == whole.out.size());
+  Run three = run_here(gen + " --selective-budget 4,4,4");
+  CHECK(three.code == 2);
+  CHECK(three.err == "loom generate: --selective-budget needs 1 value or 2 (one per self-attention layer), got 3: "
+                     "'4,4,4' (try 'loom generate --help')\n");
+  Run bad_item = run_here(gen + " --selective-budget 4,x");
+  CHECK(bad_item.code == 2);
+  CHECK(bad_item.err == "loom generate: --selective-budget must be an integer >= 0, got 'x' (try 'loom generate --help')\n");
+  // loom budgets: per-layer budgets for a target, printed as --selective-budget takes them.
+  const std::string budgets = "budgets --checkpoint loom_sel_run --data loom_sel_corpus.txt --seq-len 32 --windows 4";
+  Run chosen = run_here(budgets + " --tolerance 0.05");
+  CHECK(chosen.code == 0);
+  CHECK(chosen.out.find("per layer:   --selective-budget ") != std::string::npos);
+  CHECK(chosen.out.find("one for all: --selective-budget ") != std::string::npos);
+  Run neither = run_here(budgets);
+  CHECK(neither.code == 2);
+  CHECK(neither.err == "loom budgets: give one of --tolerance and --max-bits (try 'loom budgets --help')\n");
+  Run too_low = run_here(budgets + " --max-bits 0.001");
+  CHECK(too_low.code == 1);
+  CHECK(too_low.err.find("bits per character are above --max-bits") != std::string::npos);
+  Run not_selective = run_here("budgets --checkpoint loom_sel_plain_run --data loom_sel_corpus.txt --max-bits 8");
+  CHECK(not_selective.code == 2);
+  CHECK(not_selective.err == "loom budgets: --checkpoint needs a TransformerWrapper trained with selective attention "
+                             "(try 'loom budgets --help')\n");
   Run plain = run_here("generate --checkpoint loom_sel_plain_run --prompt hi --selective-budget 4");
   CHECK(plain.code == 2);
   CHECK(plain.err == "loom generate: --selective-budget needs a checkpoint trained with selective attention (try 'loom "

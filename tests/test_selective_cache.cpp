@@ -1,5 +1,5 @@
 // Selective attention with a KV cache: cached decoding equals the full
-// forward; context pruning (LayersCache::budget, nn::prune) keeps at most
+// forward; context pruning (LayersCache::budgets, nn::prune) keeps at most
 // the budget and evicts the most masked keys, checked against references
 // computed here from the uncached logits.
 #include "helpers.h"
@@ -129,7 +129,7 @@ TEST_CASE("Selective attention: a budget >= the context evicts nothing and chang
     NoGradGuard no_grad;
     Tensor full = net->forward(tokens);
     nn::LayersCache cache;
-    cache.budget = T;
+    cache.budgets = {T};
     std::vector<Tensor> steps;
     for (int64_t p = 0; p < T; ++p) steps.push_back(net->forward(tokens.narrow(1, p, 1), {}, &cache));
     CHECK(all_close(values(cat(steps, 1)), values(full), 1e-5f, 1e-5f));
@@ -145,7 +145,7 @@ TEST_CASE("Selective attention: a budget >= the context evicts nothing and chang
   Generator g1(7), g2(7);
   Tensor prompts = randint(0, 17, {2, 3}, g);
   Tensor plain = ar.generate(prompts, 12, {.temperature = 1.0}, g1);
-  Tensor budgeted = ar.generate(prompts, 12, {.temperature = 1.0, .selective_budget = 15}, g2);
+  Tensor budgeted = ar.generate(prompts, 12, {.temperature = 1.0, .selective_budgets = {15}}, g2);
   CHECK(plain.to_vector<int64_t>() == budgeted.to_vector<int64_t>());
 }
 
@@ -220,7 +220,7 @@ TEST_CASE("Selective attention: pruned decoding equals the full forward with the
     net->eval();
     NoGradGuard no_grad;
     nn::LayersCache cache;
-    cache.budget = K;
+    cache.budgets = {K};
     std::vector<bool> allowed(size_t(B * T * T), false);  // (b, 1, T, T): what query r sees
     std::vector<Tensor> steps;
     for (int64_t r = 0; r < T; ++r) {
@@ -247,20 +247,20 @@ TEST_CASE("Selective attention: bad budgets are errors that name the option") {
   Tensor prompts = randint(0, 17, {1, 3}, g);
   auto sel = selective_decoder({}, true);
   AutoregressiveWrapper ar(sel);
-  CHECK_THROWS_WITH_AS(ar.generate(prompts, 2, {.selective_budget = -1}, g), "generate: selective_budget must be >= 0, got -1",
+  CHECK_THROWS_WITH_AS(ar.generate(prompts, 2, {.selective_budgets = {-1}}, g), "generate: selective_budgets must be >= 0, got [-1]",
                        Error);
-  CHECK_THROWS_WITH_AS(ar.generate(prompts, 2, {.cache_kv = false, .selective_budget = 4}, g),
-                       "generate: selective_budget needs a model with selective attention, decoded with a KV cache", Error);
+  CHECK_THROWS_WITH_AS(ar.generate(prompts, 2, {.cache_kv = false, .selective_budgets = {4}}, g),
+                       "generate: selective_budgets needs a model with selective attention, decoded with a KV cache", Error);
   nn::AttentionLayersConfig plain_layers{.dim = 16, .depth = 1, .heads = 2};
   auto plain = std::make_shared<TransformerWrapper>(
       TransformerWrapperConfig{.num_tokens = 17, .max_seq_len = 32, .attn_layers = nn::Decoder(plain_layers)});
-  CHECK_THROWS_WITH_AS(AutoregressiveWrapper(plain).generate(prompts, 2, {.selective_budget = 4}, g),
-                       "generate: selective_budget needs a model with selective attention, decoded with a KV cache", Error);
+  CHECK_THROWS_WITH_AS(AutoregressiveWrapper(plain).generate(prompts, 2, {.selective_budgets = {4}}, g),
+                       "generate: selective_budgets needs a model with selective attention, decoded with a KV cache", Error);
   nn::LayersCache cache;
-  cache.budget = 2;
+  cache.budgets = {2};
   CHECK_THROWS_WITH_AS(plain->forward(prompts, {}, &cache),
                        "AttentionLayers: a cache budget (context pruning) needs selective attention", Error);
   // Past max_seq_len a pruned cache cannot fall back to the window.
-  CHECK_THROWS_WITH_AS(ar.generate(prompts, 40, {.selective_budget = 4}, g),
-                       "generate: selective_budget: the sequence (33) would pass the model's max_seq_len (32)", Error);
+  CHECK_THROWS_WITH_AS(ar.generate(prompts, 40, {.selective_budgets = {4}}, g),
+                       "generate: selective_budgets: the sequence (33) would pass the model's max_seq_len (32)", Error);
 }

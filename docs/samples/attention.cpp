@@ -1,4 +1,5 @@
-// docs/attention.md: the op, ALiBi, the T5 bias in self- and cross-attention, rotary.
+// docs/attention.md: the op, ALiBi, the T5 bias in self- and cross-attention, rotary, per-layer
+// pruning budgets.
 // doc: attention_op
 #include <loom/loom.h>
 // doc: pause
@@ -45,6 +46,21 @@ int main() {
     k = loom::nn::apply_rotary_pos_emb(k, freqs);
     // doc: end
     if (q.sizes() != loom::Shape{b, h, i, 64} || xpos_scale.defined()) return 1;
+  }
+  {
+    loom::nn::AttentionLayersConfig layers{.dim = 16, .depth = 2, .heads = 2, .rotary_pos_emb = true};
+    layers.attn.selective = true;
+    auto net = std::make_shared<loom::TransformerWrapper>(
+        loom::TransformerWrapperConfig{.num_tokens = 17, .max_seq_len = 32, .attn_layers = loom::nn::Decoder(layers)});
+    loom::Tensor held_out = loom::randint(0, 17, {4, 17}, g), prompt = loom::randint(0, 17, {1, 3}, g);
+    // doc: budgets
+    // Per-layer budgets within 0.01 nats of the unpruned loss on held-out windows (w, n + 1) ...
+    const double unpruned = loom::evaluate_pruned(*net, held_out, {}).loss;
+    loom::BudgetChoice chosen = loom::choose_selective_budgets(*net, held_out, unpruned + 0.01);
+    // ... then decoding with them: at most chosen.budgets[l] cached positions in layer l.
+    loom::Tensor out = loom::AutoregressiveWrapper(net).generate(prompt, 8, {.selective_budgets = chosen.budgets}, g);
+    // doc: end
+    if (chosen.budgets.size() != 2 || chosen.evaluation.loss > unpruned + 0.01 || out.sizes() != loom::Shape{1, 8}) return 1;
   }
   return 0;
 }
