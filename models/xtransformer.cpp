@@ -19,7 +19,7 @@ std::shared_ptr<TransformerWrapper> make_encoder(const XTransformerConfig& c) {
       .num_tokens = c.enc_num_tokens, .max_seq_len = c.enc_max_seq_len, .attn_layers = nn::Encoder(layers),
       .emb_dropout = c.enc_emb_dropout, .num_memory_tokens = c.enc_num_memory_tokens,
       .use_abs_pos_emb = c.enc_use_abs_pos_emb, .scaled_sinu_pos_emb = c.enc_scaled_sinu_pos_emb,
-      .return_only_embed = true});
+      .return_only_embed = true, .token_emb = nullptr});
 }
 
 // With tie_token_emb the decoder embeds with the encoder's table (x-transformers
