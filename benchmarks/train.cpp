@@ -20,8 +20,14 @@
 // that; attention as causal (each query sees (n+1)/2 keys on average), 4·n·n_avg·d per layer
 // forward (QKᵀ and AV), the backward twice that (the fused kernel's recompute is not counted).
 // NAME_tT_bf16: the same under bfloat16 autocast (core/autocast.h; native bfloat16 products where
-// the CPU has them: loom-bench prints whether). Case charlm_busy_* runs the char-LM step beside a
-// busy-loop process that holds one core.
+// the CPU has them: loom-bench prints whether). The fixed-thread cases run with spinning OpenMP
+// waits, as `loom train` does (benchmarks/main.cpp). Threads chosen by timing steps, as `loom train`
+// does when OMP_NUM_THREADS is not set (core/parallel.h, StepThreads), over 100 steps after 40:
+//   charlm_adaptive_idle  tokens/s on the idle machine (probes included); baseline: the fixed
+//                         maximum thread count, measured the same way just before
+//   charlm_busy_adaptive  the same beside a busy-loop process that holds one core; baseline: 1 thread
+//                         on the idle machine (median step)
+//   charlm_busy_1_thread  1 thread beside the busy loop (median step), same baseline
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -293,21 +299,46 @@ void train_suite(Reporter& rep) {
     }
     }
   }
-  // Beside a busy loop holding one of the cores: default threading against 1 thread.
+  // loom train's default threading (StepThreads) on the idle machine and beside a busy loop
+  // holding one of the cores, against fixed thread counts.
   const ModelCase& c = cases[0];
-  if (rep.wants("charlm_busy") && max_threads >= 2) {
-    const double tokens = double(c.batch * c.seq);
-    auto speed = [&](int threads) {
-      omp_set_num_threads(threads);
-      manual_seed(0);
-      Trainer tr(c);
-      return tokens / median_step(tr, 5).total();
+  const double tokens = double(c.batch * c.seq);
+  auto median_speed = [&](int threads) {
+    omp_set_num_threads(threads);
+    manual_seed(0);
+    Trainer tr(c);
+    return tokens / median_step(tr, 5).total();
+  };
+  // Tokens/s over `timed` steps after `warm` ones, all steps timed as they come (wall clock).
+  auto run_speed = [&](bool adapt, int warm, int timed) {
+    omp_set_num_threads(max_threads);
+    manual_seed(0);
+    Trainer tr(c);
+    StepThreads st(adapt ? max_threads : 1);
+    auto one = [&] {
+      if (adapt) omp_set_num_threads(st.next());
+      st.record(tr.step().total());
+      if (adapt) omp_set_num_threads(st.current());
     };
-    const double idle_one = speed(1);
+    for (int i = 0; i < warm; ++i) one();
+    const auto t0 = Clock::now();
+    for (int i = 0; i < timed; ++i) one();
+    const double speed = tokens * timed / seconds_since(t0);
+    std::fprintf(stderr, "  %s: %d threads at the end, %lld switches\n", adapt ? "adaptive" : "fixed", st.current(),
+                 static_cast<long long>(st.switches()));
+    return speed;
+  };
+  if (rep.wants("charlm_adaptive_idle") && max_threads >= 2) {
+    const double fixed = run_speed(false, 40, 100), adaptive = run_speed(true, 40, 100);
+    rep.add({"", "charlm_adaptive_idle", "tokens_per_s", "tok/s", "fixed_" + std::to_string(max_threads) + "_threads",
+             adaptive, fixed, true});
+  }
+  if (rep.wants("charlm_busy") && max_threads >= 2) {
+    const double idle_one = median_speed(1);
     const pid_t busy = start_busy_loop();
-    const double busy_default = speed(max_threads), busy_one = speed(1);
+    const double busy_adaptive = run_speed(true, 40, 100), busy_one = median_speed(1);
     stop(busy);
-    rep.add({"", "charlm_busy_default", "tokens_per_s", "tok/s", "idle_1_thread", busy_default, idle_one, true});
+    rep.add({"", "charlm_busy_adaptive", "tokens_per_s", "tok/s", "idle_1_thread", busy_adaptive, idle_one, true});
     rep.add({"", "charlm_busy_1_thread", "tokens_per_s", "tok/s", "idle_1_thread", busy_one, idle_one, true});
   }
   omp_set_num_threads(max_threads);
