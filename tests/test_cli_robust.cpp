@@ -5,6 +5,7 @@
 // are one-line errors.
 #include "helpers.h"
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -73,6 +74,46 @@ TEST_CASE("loom train: SIGTERM saves a checkpoint and exits 143") {
   CHECK(loom::load_checkpoint(dir).step == std::stoll(m[1]));
   CHECK(loom::load_checkpoint(dir).step > 0);
   cleanup("term");
+}
+
+TEST_CASE("loom train: while it runs, SIGINT and SIGTERM are blocked in every thread (oneDNN's kernels never get one)") {
+  // A signal delivered to a thread inside a oneDNN JIT sgemm kernel corrupts
+  // the heap (train/trainer.cpp, StopSignals): loom takes them in a thread
+  // of its own with sigtimedwait, so all its other threads have them blocked
+  // (the kernel lifts the block of the one in sigtimedwait while it waits).
+  const std::string train = setup("mask"), dir = "loom_robust_mask_run";
+  std::ofstream("loom_robust_mask.sh")
+      << std::string(LOOM_CLI) << " " << train
+      << " --steps 1000000 --log-every 1 --eval-every 1000000 --checkpoint-every 1000000 > /dev/null 2>&1 &\n"
+         "pid=$!\n"
+         "for i in $(seq 400); do [ -s "
+      << dir
+      << "/metrics.jsonl ] && break; sleep 0.05; done\n"
+         "for t in /proc/$pid/task/*; do echo \"$(cat $t/comm) $(grep '^SigBlk' $t/status | cut -f2)\"; done"
+         " > loom_robust_mask.tasks\n"
+         "kill -INT $pid\n"
+         "wait $pid\n"
+         "echo $? > loom_robust_mask.rc\n";
+  REQUIRE(std::system("bash loom_robust_mask.sh") == 0);
+  CHECK(slurp("loom_robust_mask.rc") == "130\n");
+  std::istringstream tasks(slurp("loom_robust_mask.tasks"));
+  int threads = 0, waiters = 0;
+  for (std::string name, mask; tasks >> name >> mask; ++threads) {
+    CAPTURE(name);
+    CAPTURE(mask);
+    if (name == "loom-signals") {
+      ++waiters;
+      continue;
+    }
+    const unsigned long long blocked = std::stoull(mask, nullptr, 16);
+    CHECK((blocked >> (SIGINT - 1) & 1) == 1);
+    CHECK((blocked >> (SIGTERM - 1) & 1) == 1);
+  }
+  CHECK(waiters == 1);
+  CHECK(threads >= 2);
+  CHECK(loom::load_checkpoint(dir).step > 0);
+  for (const char* f : {"loom_robust_mask.sh", "loom_robust_mask.tasks", "loom_robust_mask.rc"}) std::remove(f);
+  cleanup("mask");
 }
 
 TEST_CASE("loom train: after kill -9 metrics.jsonl holds every step logged, in whole lines") {

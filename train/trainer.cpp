@@ -1,5 +1,7 @@
 #include <loom/train/trainer.h>
 
+#include <dlfcn.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +15,7 @@
 #include <omp.h>
 #include <optional>
 #include <sstream>
+#include <thread>
 #include <tuple>
 
 #include <loom/core/autograd.h>
@@ -36,17 +39,62 @@ namespace {
 std::atomic<int> interrupted{0};
 void on_signal(int signum) { interrupted = signum; }
 
+// Calls f(arg) on each thread of the OpenMP pool, and of oneDNN's libgomp
+// pool when that is another runtime (a clang++ build links LLVM's libomp).
+void on_every_openmp_thread(void (*f)(void*), void* arg) {
+#pragma omp parallel num_threads(omp_get_max_threads())
+  f(arg);
+  if (void* gomp = dlopen("libgomp.so.1", RTLD_NOW | RTLD_NOLOAD)) {
+    using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+    auto parallel = reinterpret_cast<GompParallel>(dlsym(gomp, "GOMP_parallel"));
+    auto max_threads = reinterpret_cast<int (*)()>(dlsym(gomp, "omp_get_max_threads"));
+    if (parallel && max_threads && max_threads != &omp_get_max_threads) parallel(f, arg, 0, 0);
+    dlclose(gomp);
+  }
+}
+
 // While alive, SIGINT and SIGTERM stop the run at the end of the current
 // step; the previous handlers come back however the run ends.
+//
+// The signals are blocked in this thread and in every OpenMP thread, and a
+// thread of our own takes them with sigtimedwait: none is ever delivered to
+// a thread inside a oneDNN kernel. oneDNN's JIT sgemm kernels (up to 3.11,
+// uxlfoundation/oneDNN#4845) point rsp into a heap workspace while they run,
+// and a signal delivered then writes its frame (~3 KB with AVX-512 state)
+// below it, over other heap blocks: with a handler on every thread, 1-3 % of
+// Ctrl-Cs corrupted the heap. The handler stays as a fallback for threads
+// that are none of these.
 struct StopSignals {
   using Handler = void (*)(int);
   Handler previous_int, previous_term;
+  sigset_t set;
+  std::atomic<bool> done{false};
+  std::thread waiter;
+  static void block(void* set) { pthread_sigmask(SIG_BLOCK, static_cast<sigset_t*>(set), nullptr); }
+  static void unblock(void* set) { pthread_sigmask(SIG_UNBLOCK, static_cast<sigset_t*>(set), nullptr); }
   StopSignals() {
     interrupted = 0;
     previous_int = std::signal(SIGINT, on_signal);
     previous_term = std::signal(SIGTERM, on_signal);
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    block(&set);
+    on_every_openmp_thread(block, &set);
+    waiter = std::thread([this] {  // inherits the blocked signals, as sigtimedwait needs
+      pthread_setname_np(pthread_self(), "loom-signals");
+      const timespec tick{0, 20'000'000};
+      while (!done) {
+        const int signum = sigtimedwait(&set, nullptr, &tick);
+        if (signum > 0) interrupted = signum;
+      }
+    });
   }
   ~StopSignals() {
+    done = true;
+    waiter.join();
+    on_every_openmp_thread(unblock, &set);
+    unblock(&set);  // a signal that came meanwhile is handled now, by on_signal
     std::signal(SIGINT, previous_int);
     std::signal(SIGTERM, previous_term);
   }
