@@ -324,7 +324,8 @@ void train_suite(Reporter& rep) {
     const auto t0 = Clock::now();
     for (int i = 0; i < timed; ++i) one();
     const double speed = tokens * timed / seconds_since(t0);
-    std::fprintf(stderr, "  %s: %d threads at the end, %lld switches\n", adapt ? "adaptive" : "fixed", st.current(),
+    std::fprintf(stderr, "  %s: %d threads at the end, %lld switches\n", adapt ? "adaptive" : "fixed",
+                 adapt ? st.current() : max_threads,
                  static_cast<long long>(st.switches()));
     return speed;
   };

@@ -18,6 +18,13 @@ void openmp_wait_defaults(char** argv) {
   execv("/proc/self/exe", argv);             // returns only on failure: then run as we are
 }
 
+namespace {
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+}  // namespace
+
 StepThreads::StepThreads(int max_threads) {
   for (int t = std::max(1, max_threads);; t /= 2) {
     candidates_.push_back(t);
@@ -32,13 +39,11 @@ void StepThreads::record(double seconds) {
   constexpr int64_t kAfterSwitch = 16, kLongest = 512;
   constexpr double kBetter = 0.85;  // a probe must be this much faster to switch
   if (probe_ >= 0) {
+    // Three steps, judged by their median: the first step at a new count may
+    // pay one-time costs, and beside a busy process one step may be lucky.
     probe_times_.push_back(seconds);
-    if (probe_times_.size() < 2) return;  // the first step at a new count pays one-time costs
-    std::vector<double> sorted = recent_;
-    std::sort(sorted.begin(), sorted.end());
-    const double median = sorted[sorted.size() / 2];
-    const double best = *std::min_element(probe_times_.begin(), probe_times_.end());
-    if (best < kBetter * median) {
+    if (probe_times_.size() < 3) return;
+    if (median(probe_times_) < kBetter * median(recent_)) {
       current_ = size_t(probe_);
       recent_ = probe_times_;
       probe_every_ = kAfterSwitch;

@@ -63,9 +63,9 @@ void openmp_wait_defaults(char** argv);
 // machine); spinning waits collapse when another process holds a core. With
 // spinning waits and this, an idle machine keeps all its threads, and a busy
 // one drops to the count that runs fastest: now and then (after 4 steps,
-// then 8, 16, ... up to 512 while nothing changes; 16 after a switch) two
-// steps run at the next count down (or up), and the count switches when the
-// faster of them beats the median of the last 5 steps by 15 %. Candidates:
+// then 8, 16, ... up to 512 while nothing changes; 16 after a switch) three
+// steps run at the next count down (or up), and the count switches when
+// their median beats the median of the last 5 steps by 15 %. Candidates:
 // max, max/2, ..., 1.
 //
 //   StepThreads threads(omp_get_max_threads());
