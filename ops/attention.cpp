@@ -196,6 +196,7 @@ constexpr int64_t kHalf = kBlock / 2;
 struct Tile {
   std::vector<float> S, P;
   std::vector<uint32_t> Pr, dSr, Pt, dSt;
+  bool packed = false;  // dSr, Pt and dSt hold this tile's (grad_tile's common case writes them)
   explicit Tile(bool bf16)
       : S(size_t(kBlock * kBlock)), P(size_t(kBlock * kBlock)), Pr(bf16 ? size_t(kBlock * kHalf) : 0),
         dSr(Pr.size()), Pt(Pr.size()), dSt(Pr.size()) {}
@@ -404,6 +405,12 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
           p.Dv, 1.0f, false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
   const bool extra = g.dS0 && h == 0;
+  t.packed = p.bf16 && p.dropout == 0 && !extra;
+  if (t.packed) {  // the same with the tile's bfloat16 copies written in the same pass
+    k.softmax_grad_tile_bf16(t.P.data(), t.S.data(), delta, nr, nc, t.dSr.data(), kHalf, t.Pt.data(), t.dSt.data(),
+                             kBlock);
+    return t.P.data();
+  }
   if (p.dropout == 0 && !extra) {  // the common case: one vector pass per row, in place
     for (int64_t r = 0; r < nr; ++r)
       k.softmax_grad(t.P.data() + r * nc, t.S.data() + r * nc, delta[r], t.S.data() + r * nc, nc);
@@ -425,9 +432,9 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
 
 // The bfloat16 copies of a tile's dS (t.S) and weights W that its products
 // read: dS by rows (for dS K), and Wᵀ and dSᵀ as pairs of rows (for Wᵀ dO and
-// dSᵀ Q), each as needed.
+// dSᵀ Q), each as needed, unless grad_tile has written them already.
 void pack_tile(const Problem& p, Tile& t, const float* W, int64_t nr, int64_t nc, bool rows, bool transposed) {
-  if (!p.bf16) return;
+  if (!p.bf16 || t.packed) return;
   const kernels::Table& k = kernels::table();
   if (rows) k.pack_bf16_rows(t.S.data(), nc, nr, nc, t.dSr.data(), kHalf);
   if (transposed) {

@@ -143,43 +143,89 @@ inline __m512 exp16(__m512 x) {
 }
 
 // One tile's step of the online softmax, rows r < nr of x [nr, nc] (see
-// kernels.h). Whole tiles per call, and the sums and maxima reduced as trees
-// rather than lane by lane: a row is only 4 vectors, so per-row calls and
-// serial lane sums left the exp latency-bound at ~3× its throughput cost.
+// kernels.h). Whole tiles per call, the sums and maxima reduced as trees
+// rather than lane by lane, and the rescaling factors of 16 rows in one
+// vector at the end: a row is only 4 vectors, so per-row calls, serial lane
+// sums and a scalar exp per row left it at about twice this cost.
 void softmax_tile_bf16(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* alpha, float* y,
                        uint32_t* yb, int64_t ldb) {
   const int64_t even = (nc + 1) / 2 * 2;
   const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
-  for (int64_t r = 0; r < nr; ++r) {
-    const float* xr = x + r * nc;
-    __m512 mx = neg_inf;
-    __mmask16 nan = 0;  // _mm512_max_ps would drop a NaN
-    for (int64_t i = 0; i < nc; i += 16) {
-      const __m512 v = _mm512_mask_loadu_ps(neg_inf, first(nc - i), xr + i);
-      mx = _mm512_max_ps(mx, v);
-      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  for (int64_t r0 = 0; r0 < nr; r0 += 16) {
+    const int64_t rows = std::min<int64_t>(16, nr - r0);
+    alignas(64) float m_new[16], sums[16];
+    for (int64_t i = 0; i < 16; ++i) m_new[i] = -INFINITY, sums[i] = 0.0f;
+    for (int64_t r = r0; r < r0 + rows; ++r) {
+      const float* xr = x + r * nc;
+      __m512 mx = neg_inf;
+      __mmask16 nan = 0;  // _mm512_max_ps would drop a NaN
+      for (int64_t i = 0; i < nc; i += 16) {
+        const __m512 v = _mm512_mask_loadu_ps(neg_inf, first(nc - i), xr + i);
+        mx = _mm512_max_ps(mx, v);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      }
+      const float mr = nan || std::isnan(m[r]) ? NAN : std::max(m[r], _mm512_reduce_max_ps(mx));
+      m_new[r - r0] = mr;
+      if (mr == -INFINITY) {  // nothing visible yet in this row: weights 0
+        if (y) std::fill(y + r * nc, y + (r + 1) * nc, 0.0f);
+        else std::fill(yb + r * ldb, yb + r * ldb + even / 2, 0u);
+        continue;
+      }
+      const __m512 sh = _mm512_set1_ps(mr);
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t i = 0; i < even; i += 16) {
+        const __mmask16 mask = first(nc - i);
+        const __m512 e = _mm512_maskz_mov_ps(mask, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, xr + i), sh)));
+        acc = _mm512_add_ps(acc, e);
+        if (y) _mm512_mask_storeu_ps(y + r * nc + i, mask, e);
+        else _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(yb + r * ldb) + i, first(even - i),
+                                      (__m256i)_mm512_cvtneps_pbh(e));
+      }
+      sums[r - r0] = _mm512_reduce_add_ps(acc);
     }
-    const float m_old = m[r];
-    const float m_new = nan || std::isnan(m_old) ? NAN : std::max(m_old, _mm512_reduce_max_ps(mx));
-    if (m_new == -INFINITY) {  // nothing visible yet in this row: weights 0, m and l as they were
-      alpha[r] = 1.0f;
-      if (y) std::fill(y + r * nc, y + (r + 1) * nc, 0.0f);
-      else std::fill(yb + r * ldb, yb + r * ldb + even / 2, 0u);
-      continue;
+    // alpha = exp(m − m_new), 1 where m_new is −∞ (the row's m and l stay: −∞ and 0)
+    const __mmask16 mask = first(rows);
+    const __m512 mo = _mm512_maskz_loadu_ps(mask, m + r0), mn = _mm512_load_ps(m_new);
+    const __mmask16 none = _mm512_cmp_ps_mask(mn, neg_inf, _CMP_EQ_OQ);
+    const __m512 a = _mm512_mask_mov_ps(exp16(_mm512_sub_ps(mo, mn)), none, _mm512_set1_ps(1.0f));
+    const __m512 lo = _mm512_maskz_loadu_ps(mask, l + r0);
+    _mm512_mask_storeu_ps(alpha + r0, mask, a);
+    _mm512_mask_storeu_ps(l + r0, mask & ~none, _mm512_add_ps(_mm512_mul_ps(lo, a), _mm512_load_ps(sums)));
+    _mm512_mask_storeu_ps(m + r0, mask & ~none, mn);
+  }
+}
+
+// The common case of an attention tile's softmax backward, with the
+// bfloat16 copies its products read, in one pass over pairs of rows:
+//   dS = P ∘ (dP − δ_r), exactly 0 where P is 0 (in place of dP, float32)
+//   dSr: dS by rows (pack_bf16_rows, row stride ldr pairs)
+//   Pt, dSt: P and dS as pairs of rows (pack_bf16_pairs, row stride ldt)
+void softmax_grad_tile_bf16(const float* P, float* dS, const float* delta, int64_t nr, int64_t nc, uint32_t* dSr,
+                            int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt) {
+  const int64_t even = (nc + 1) / 2 * 2, width = (nc + 15) / 16 * 16;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < nr; r += 2) {
+    const bool pair = r + 1 < nr;  // an odd last row gets a zero partner
+    const __m512 d0 = _mm512_set1_ps(delta[r]), d1 = _mm512_set1_ps(pair ? delta[r + 1] : 0.0f);
+    for (int64_t i = 0; i < width; i += 16) {
+      const __mmask16 mask = first(nc - i), m1 = pair ? mask : __mmask16(0);
+      const __m512 p0 = _mm512_maskz_loadu_ps(mask, P + r * nc + i), p1 = _mm512_maskz_loadu_ps(m1, P + (r + 1) * nc + i);
+      const __m512 g0 = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(p0, zero, _CMP_NEQ_UQ), p0,
+                                            _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, dS + r * nc + i), d0));
+      const __m512 g1 = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(p1, zero, _CMP_NEQ_UQ), p1,
+                                            _mm512_sub_ps(_mm512_maskz_loadu_ps(m1, dS + (r + 1) * nc + i), d1));
+      _mm512_mask_storeu_ps(dS + r * nc + i, mask, g0);
+      _mm512_mask_storeu_ps(dS + (r + 1) * nc + i, m1, g1);
+      if (i < even) {
+        const __mmask16 half = first(even - i);
+        _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(dSr + r * ldr) + i, half, (__m256i)_mm512_cvtneps_pbh(g0));
+        if (pair)
+          _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(dSr + (r + 1) * ldr) + i, half,
+                                   (__m256i)_mm512_cvtneps_pbh(g1));
+      }
+      _mm512_storeu_si512(Pt + r / 2 * ldt + i, interleaved(p0, p1));
+      _mm512_storeu_si512(dSt + r / 2 * ldt + i, interleaved(g0, g1));
     }
-    const __m512 sh = _mm512_set1_ps(m_new);
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < even; i += 16) {
-      const __mmask16 mask = first(nc - i);
-      const __m512 e = _mm512_maskz_mov_ps(mask, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, xr + i), sh)));
-      acc = _mm512_add_ps(acc, e);
-      if (y) _mm512_mask_storeu_ps(y + r * nc + i, mask, e);
-      else _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(yb + r * ldb) + i, first(even - i),
-                                    (__m256i)_mm512_cvtneps_pbh(e));
-    }
-    alpha[r] = _mm512_cvtss_f32(exp16(_mm512_set1_ps(m_old - m_new)));
-    l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(acc);
-    m[r] = m_new;
   }
 }
 
@@ -211,18 +257,25 @@ void pack_bf16_pairs(const float* b, int64_t ldb, int64_t k, int64_t n, uint32_t
 
 // Bp[p][j] = (X[j][2p], X[j][2p+1]) for j < rows, p < ⌈cols/2⌉, and 0 for
 // rows <= j < ⌈rows/16⌉·16: pack_bf16_pairs of Xᵀ, read from X itself (so
-// Kᵀ and Vᵀ need no float32 transposed copy). A row's pairs are made 16 at a
-// time, then stored one by one down column j.
+// Kᵀ and Vᵀ need no float32 transposed copy). A pair is adjacent in X: 16
+// of them come from two 64-bit gathers down column pair p, rounded in order.
 void pack_bf16_pairs_t(const float* x, int64_t ldx, int64_t rows, int64_t cols, uint32_t* bp, int64_t ldp) {
   const int64_t kp = (cols + 1) / 2, width = (rows + 15) / 16 * 16;
-  std::vector<uint32_t> row(size_t((kp + 15) / 16 * 16));
-  for (int64_t j = 0; j < width; ++j) {
-    if (j >= rows) {
-      for (int64_t p = 0; p < kp; ++p) bp[p * ldp + j] = 0;
-      continue;
+  const __m512i i0 = _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64(ldx));
+  const __m512i i1 = _mm512_add_epi64(i0, _mm512_set1_epi64(8 * ldx));
+  for (int64_t j = 0; j < width; j += 16) {  // 16 rows of X at a time: they stay in L1 over all p
+    const __mmask8 m0 = __mmask8(first(rows - j)), m1 = __mmask8(first(rows - j - 8));
+    for (int64_t p = 0; p < kp; ++p) {
+      uint32_t* dst = bp + p * ldp + j;
+      if (2 * p + 1 == cols) {  // an odd last column: a zero partner
+        for (int64_t t = 0; t < 16; ++t) dst[t] = j + t < rows ? bf16_bits(x[(j + t) * ldx + 2 * p]) : 0u;
+        continue;
+      }
+      const float* base = x + j * ldx + 2 * p;
+      const __m512 lo = (__m512)_mm512_mask_i64gather_epi64(_mm512_setzero_si512(), m0, i0, base, 4);
+      const __m512 hi = (__m512)_mm512_mask_i64gather_epi64(_mm512_setzero_si512(), m1, i1, base, 4);
+      _mm512_storeu_si512(dst, in_order(lo, hi));
     }
-    pack_bf16_rows(x + j * ldx, ldx, 1, cols, row.data(), kp);
-    for (int64_t p = 0; p < kp; ++p) bp[p * ldp + j] = row[size_t(p)];
   }
 }
 
@@ -292,6 +345,7 @@ const Table& table_avx512bf16() {
     x.gemm_bf16_pp = &gemm_bf16_pp;
     x.softmax_tile_bf16 = &softmax_tile_bf16;
     x.exp_tile_bf16 = &exp_tile_bf16;
+    x.softmax_grad_tile_bf16 = &softmax_grad_tile_bf16;
     return x;
   }();
   return t;

@@ -147,6 +147,12 @@ struct Table {
                             uint32_t* yb, int64_t ldb);
   // y[r][c] = exp(x[r][c] − shift[r]) over [nr, nc], with the same exp: the backward's weights.
   void (*exp_tile_bf16)(const float* x, int64_t nr, int64_t nc, const float* shift, float* y);
+  // softmax_grad over a tile [nr, nc] (in place: dS holds dP on entry), and
+  // the bfloat16 copies the tile's products read, in the same pass: dS by
+  // rows into dSr (pack_bf16_rows's layout, row stride ldr) and P and dS as
+  // pairs of rows into Pt and dSt (pack_bf16_pairs's, row stride ldt >= ⌈nc/16⌉·16).
+  void (*softmax_grad_tile_bf16)(const float* P, float* dS, const float* delta, int64_t nr, int64_t nc, uint32_t* dSr,
+                                 int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by

@@ -588,7 +588,8 @@ Table make_table(const char* name) {
                &logsumexp<A>, &softmax_minus<A>, &exp_sum<A>, &softmax_grad<A>, &norm<A>,            &norm_backward<A>,
                &norm_param_grads<A>, &gemm<A>,   &adam_update<A>,     &sgd_update<A>,
                &to_bf16<A>,   &round_bf16<A>,      nullptr,             nullptr,           nullptr,
-               nullptr,       nullptr,             nullptr,             nullptr,           nullptr};
+               nullptr,       nullptr,             nullptr,             nullptr,           nullptr,
+               nullptr};
 }
 
 }  // namespace
