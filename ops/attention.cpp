@@ -65,59 +65,53 @@ View4 view4(const Tensor& t) {
   return v;
 }
 
-// count matrices [rows, cols] as bfloat16 pairs of rows (kernels.h,
-// pack_bf16_pairs): the B operands of the bfloat16 tiles, rounded once per
-// call instead of once per tile.
+// count matrices [rows, cols] rounded to bfloat16 and packed for the tile
+// products (kernels.h), once per call instead of once per tile, in one of
+// three layouts: pairs of rows (pack_bf16_pairs: K, V, Q, dO as B operands),
+// pairs of columns (pack_bf16_pairs_t: Kᵀ, Vᵀ as B operands, from K and V
+// themselves) or pairs along rows (pack_bf16_rows: Q, dO as A operands).
+enum class Layout { Pairs, PairsT, Rows };
 struct Packed {
   Tensor storage;  // 4-byte elements from loom's allocator: reused blocks, no page faults, counted in memory stats
   int64_t ld = 0, per = 0;  // row stride and size of one matrix, in pairs
+  Layout layout = Layout::Pairs;
   uint32_t* data() const { return static_cast<uint32_t*>(storage.raw_data()); }
-  // Pair row row / 2 (row even) of matrix m.
-  const uint32_t* at(int64_t m, int64_t row) const { return data() + m * per + row / 2 * ld; }
+  // Pair row row / 2 (row even) of matrix m (Pairs, PairsT), or row `row` of all (Rows).
+  const uint32_t* at(int64_t m, int64_t row) const {
+    return layout == Layout::Rows ? data() + row * ld : data() + m * per + row / 2 * ld;
+  }
+  bool defined() const { return storage.defined(); }
 };
 
-// x [rows, cols] as bfloat16 pairs along each row (kernels.h,
-// pack_bf16_rows), row r at data() + r · ld: the row-major A operands (Q and
-// dO), rounded once per call instead of once per tile.
-Packed pack_rows(const float* x, int64_t rows, int64_t cols) {
-  Packed out;
-  out.ld = (cols + 1) / 2, out.per = rows * out.ld;
-  out.storage = empty({out.per});
-  uint32_t* dst = out.data();
-  parallel_for(rows, cols, [&](int64_t r0, int64_t r1) {
-    kernels::table().pack_bf16_rows(x + r0 * cols, cols, r1 - r0, cols, dst + r0 * out.ld, out.ld);
+// The layouts wanted of one source x (contiguous [count, rows, cols]),
+// packed a matrix at a time: after the first reads it from memory, the
+// others find it in cache (x is cold here: 1 MiB of bfloat16 pairs from
+// 2 MiB of float32 took ~0.2 ms from memory, about a sixth of that from cache).
+void pack(const float* x, int64_t count, int64_t rows, int64_t cols, std::initializer_list<std::pair<Packed*, Layout>> outs) {
+  for (auto [out, layout] : outs) {
+    out->layout = layout;
+    if (layout == Layout::Rows) {
+      out->ld = (cols + 1) / 2, out->per = rows * out->ld;
+    } else {
+      // Padded past a multiple of 1 KiB, for the same reason as Problem::JT:
+      // the 32 pair rows of a Kᵀ or Vᵀ tile would otherwise share a few L1 sets.
+      const int64_t width = layout == Layout::Pairs ? cols : rows, height = layout == Layout::Pairs ? rows : cols;
+      out->ld = (width + 15) / 16 * 16, out->ld += out->ld % 256 == 0 ? 16 : 0, out->per = (height + 1) / 2 * out->ld;
+    }
+    out->storage = empty({count * out->per});  // every element is written by the kernels
+  }
+  parallel_for(count, rows * cols * int64_t(outs.size()), [&](int64_t m0, int64_t m1) {
+    const kernels::Table& k = kernels::table();
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* xm = x + m * rows * cols;
+      for (auto [out, layout] : outs) {
+        uint32_t* dst = out->data() + m * out->per;
+        if (layout == Layout::Pairs) k.pack_bf16_pairs(xm, cols, rows, cols, dst, out->ld);
+        else if (layout == Layout::PairsT) k.pack_bf16_pairs_t(xm, cols, rows, cols, dst, out->ld);
+        else k.pack_bf16_rows(xm, cols, rows, cols, dst, out->ld);
+      }
+    }
   });
-  return out;
-}
-
-// x: count matrices [rows, cols] with row stride ld (0: cols), rows·ld apart.
-Packed pack_pairs(const float* x, int64_t count, int64_t rows, int64_t cols, int64_t ld = 0) {
-  if (ld == 0) ld = cols;
-  Packed out;
-  // Padded past a multiple of 1 KiB, for the same reason as Problem::JT:
-  // the 32 pair rows of a Kᵀ or Vᵀ tile would otherwise share a few L1 sets.
-  out.ld = (cols + 15) / 16 * 16, out.ld += out.ld % 256 == 0 ? 16 : 0, out.per = (rows + 1) / 2 * out.ld;
-  out.storage = empty({count * out.per});  // every element is written by pack_bf16_pairs
-  uint32_t* dst = out.data();
-  parallel_for(count, rows * cols, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      kernels::table().pack_bf16_pairs(x + m * rows * ld, ld, rows, cols, dst + m * out.per, out.ld);
-  });
-  return out;
-}
-
-// x: count matrices [rows, cols], each packed transposed (kernels.h,
-// pack_bf16_pairs_t): Kᵀ and Vᵀ as B operands, straight from K and V.
-Packed pack_pairs_t(const float* x, int64_t count, int64_t rows, int64_t cols) {
-  Packed out;
-  out.ld = (rows + 15) / 16 * 16, out.ld += out.ld % 256 == 0 ? 16 : 0, out.per = (cols + 1) / 2 * out.ld;
-  out.storage = empty({count * out.per});
-  uint32_t* dst = out.data();
-  parallel_for(count, rows * cols, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      kernels::table().pack_bf16_pairs_t(x + m * rows * cols, cols, rows, cols, dst + m * out.per, out.ld);
-  });
-  return out;
 }
 
 // Everything one call needs, shared by the forward and backward passes.
@@ -151,6 +145,7 @@ struct Problem {
   bool bf16 = false;
   Packed kTp, vTp, kp, vp;  // B operands (pairs of rows)
   Packed qa;                // Q as A operand (pairs along rows), [B·H·I, ⌈D/2⌉]
+  Packed qp;                // Q as B operand of dK (packed with qa when a backward will follow)
 
   int64_t kv_head(int64_t h) const { return h % G; }
   // The dropout keep factor for weight (b, h, r, c): 0 or 1 / (1 − p).
@@ -213,7 +208,7 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
   // The selective gate's logits (with_F false) stay float32 under autocast:
   // its running sum F grows over the rows and would carry their rounding
   // into every later weight.
-  const uint32_t* Qa = p.bf16 ? p.qa.data() + ((b * p.H + h) * p.I + r0) * p.qa.ld : nullptr;
+  const uint32_t* Qa = p.bf16 ? p.qa.at(0, (b * p.H + h) * p.I + r0) : nullptr;
   if (with_F)
     product(p, Q, p.D, 1, Qa, p.qa.ld, 1, KT, p.JT, p.kTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc, p.D,
             p.scale, false);
@@ -378,8 +373,7 @@ struct Grad {
   const float *out, *lse, *dout;  // saved O and lse, incoming dO (contiguous)
   std::vector<float> delta;       // Δ_r = Σ_d dO_rd O_rd, [B, H, I]
   const float* dS0 = nullptr;     // selective: extra gradient of head 0's logits, [B, I, J]
-  Packed qp, dOp;                 // bfloat16 tiles: q and dO as B operands of dK and dV
-  Packed dOa;                     // and dO as the A operand of dP = dO Vᵀ
+  Packed dOp, dOa;                // bfloat16 tiles: dO as B operand of dV and as A operand of dP = dO Vᵀ
 };
 
 // For one tile: P in t.P, and dS = P ∘ (dP − Δ) in t.S, where dP is taken
@@ -400,7 +394,7 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
   // dP = dO Vᵀ
   const float* VT = p.vT ? p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.JT + c0 : nullptr;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
-  const uint32_t* dOa = p.bf16 ? g.dOa.data() + ((b * p.H + h) * p.I + r0) * g.dOa.ld : nullptr;
+  const uint32_t* dOa = p.bf16 ? g.dOa.at(0, (b * p.H + h) * p.I + r0) : nullptr;
   product(p, dO, p.Dv, 1, dOa, g.dOa.ld, 1, VT, p.JT, p.vTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc,
           p.Dv, 1.0f, false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
@@ -500,7 +494,7 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
           // The transposed tiles are read through strides (row step 1, column step nc).
           product(p, W, 1, nc, t.Pt.data(), 1, kBlock, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr,
                   1.0f, true);  // dV += Pdᵀ dO
-          product(p, t.S.data(), 1, nc, t.dSt.data(), 1, kBlock, Q, p.D, g.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D,
+          product(p, t.S.data(), 1, nc, t.dSt.data(), 1, kBlock, Q, p.D, p.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D,
                   nr, p.scale, true);  // dK += scale dSᵀ Q
         }
     }
@@ -540,7 +534,7 @@ void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float
             const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
             product(p, W, 1, nc, t.Pt.data(), 1, kBlock, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr,
                     1.0f, true);  // dV += Pdᵀ dO
-            product(p, t.S.data(), 1, nc, t.dSt.data(), 1, kBlock, Q, p.D, g.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D,
+            product(p, t.S.data(), 1, nc, t.dSt.data(), 1, kBlock, Q, p.D, p.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D,
                     nr, p.scale, true);  // dK += scale dSᵀ Q
             float* dQ = dq + ((b * p.H + h) * p.I + r0) * p.D;
             product(p, t.S.data(), nc, 1, t.dSr.data(), kHalf, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D,
@@ -677,9 +671,18 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   Tensor kT, vT;  // tiles read Kᵀ, Vᵀ rows directly
   if (autocast_enabled() && kt.gemm_bf16_pp && p->D > 0 && p->Dv > 0) {  // (empty heads: nothing to multiply)
     p->bf16 = true, p->gemm_bf16 = kt.gemm_bf16_pp;
-    // The forward's operands; the backward packs K, Vᵀ, Q and dO (as B) when it runs.
-    p->kTp = pack_pairs_t(p->k, p->B * p->G, p->J, p->D), p->vp = pack_pairs(p->v, p->B * p->G, p->J, p->Dv);
-    p->qa = pack_rows(p->q, p->B * p->H * p->I, p->D);
+    // The forward's operands, and when a backward will follow (as record()
+    // decides) the backward's too while q, k and v are in cache; dO is packed
+    // when it comes.
+    if (any_requires_grad({q_in, k_in, v_in, o.bias})) {
+      pack(p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}, {&p->kp, Layout::Pairs}});
+      pack(p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}, {&p->vTp, Layout::PairsT}});
+      pack(p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}, {&p->qp, Layout::Pairs}});
+    } else {
+      pack(p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}});
+      pack(p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}});
+      pack(p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}});
+    }
     if (o.selective) kT = transpose_padded(k, p->JT);
   } else {
     kT = transpose_padded(k, p->JT), vT = transpose_padded(v, p->JT);
@@ -733,10 +736,7 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
            g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();
            g.delta.resize(size_t(p->B * p->H * p->I));
            if (p->bf16) {
-             p->kp = pack_pairs(p->k, p->B * p->G, p->J, p->D), p->vTp = pack_pairs_t(p->v, p->B * p->G, p->J, p->Dv);
-             g.qp = pack_pairs(p->q, p->B * p->H, p->I, p->D);
-             g.dOp = pack_pairs(g.dout, p->B * p->H, p->I, p->Dv);
-             g.dOa = pack_rows(g.dout, p->B * p->H * p->I, p->Dv);
+             pack(g.dout, p->B * p->H, p->I, p->Dv, {{&g.dOp, Layout::Pairs}, {&g.dOa, Layout::Rows}});
            }
            for (size_t r = 0; r < g.delta.size(); ++r) {
              double s = 0;
