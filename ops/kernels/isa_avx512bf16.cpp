@@ -62,6 +62,11 @@ inline void block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
   const uint32_t* a0 = ap + r * sr;
+  // C is read at the end (accumulate) and often lives in L2 (dQ of a whole
+  // head): fetched now, it is in L1 by then.
+  if (accumulate)
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(c + (r + i) * ldc + col + 16 * j), _MM_HINT_T0);
   for (int64_t p = 0; p < kp; ++p) {
     __m512bh b[NB];
     for (int j = 0; j < NB; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + p * ldp + col + 16 * j);
