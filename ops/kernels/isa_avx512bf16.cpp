@@ -14,6 +14,14 @@
 // 32-bit lane, columns padded to a multiple of 16 with zeros; A as pairs
 // along k, Ap(r, p) = (A[r][2p], A[r][2p+1]), read by broadcast. An odd k
 // gets a zero partner.
+//
+// ops/attention.cpp packs every operand once (Q, K, V, dO and their
+// transposes once per call; P and dS once per tile, by the softmax kernels
+// below that compute them) and multiplies with gemm_bf16_pp. The softmax
+// part of a tile (online-softmax step, the backward's exp and dS) is here
+// too, a whole tile per call with an exp of its own (exp16): at d = 64 it was
+// about a third of the float32 forward's time, so with xsimd's exp and
+// per-row calls the forward could not pass ~1.5× whatever the products did.
 #include <immintrin.h>
 
 #include <algorithm>
