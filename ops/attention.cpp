@@ -65,29 +65,53 @@ View4 view4(const Tensor& t) {
   return v;
 }
 
-// count matrices [rows, cols] as bfloat16 pairs of rows (kernels.h,
-// pack_bf16_pairs): the B operands of the bfloat16 tiles, rounded once per
-// call instead of once per tile.
+// count matrices [rows, cols] rounded to bfloat16 and packed for the tile
+// products (kernels.h), once per call instead of once per tile, in one of
+// three layouts: pairs of rows (pack_bf16_pairs: K, V, Q, dO as B operands),
+// pairs of columns (pack_bf16_pairs_t: Kᵀ, Vᵀ as B operands, from K and V
+// themselves) or pairs along rows (pack_bf16_rows: Q, dO as A operands).
+enum class Layout { Pairs, PairsT, Rows };
 struct Packed {
   Tensor storage;  // 4-byte elements from loom's allocator: reused blocks, no page faults, counted in memory stats
   int64_t ld = 0, per = 0;  // row stride and size of one matrix, in pairs
+  Layout layout = Layout::Pairs;
   uint32_t* data() const { return static_cast<uint32_t*>(storage.raw_data()); }
-  // Pair row row / 2 (row even) of matrix m.
-  const uint32_t* at(int64_t m, int64_t row) const { return data() + m * per + row / 2 * ld; }
+  // Pair row row / 2 (row even) of matrix m (Pairs, PairsT), or row `row` of all (Rows).
+  const uint32_t* at(int64_t m, int64_t row) const {
+    return layout == Layout::Rows ? data() + row * ld : data() + m * per + row / 2 * ld;
+  }
+  bool defined() const { return storage.defined(); }
 };
 
-// x: count matrices [rows, cols] with row stride ld (0: cols), rows·ld apart.
-Packed pack_pairs(const float* x, int64_t count, int64_t rows, int64_t cols, int64_t ld = 0) {
-  if (ld == 0) ld = cols;
-  Packed out;
-  out.ld = (cols + 15) / 16 * 16, out.per = (rows + 1) / 2 * out.ld;
-  out.storage = empty({count * out.per});  // every element is written by pack_bf16_pairs
-  uint32_t* dst = out.data();
-  parallel_for(count, rows * cols, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      kernels::table().pack_bf16_pairs(x + m * rows * ld, ld, rows, cols, dst + m * out.per, out.ld);
+// The layouts wanted of one source x (contiguous [count, rows, cols]),
+// packed a matrix at a time: after the first reads it from memory, the
+// others find it in cache (x is cold here: 1 MiB of bfloat16 pairs from
+// 2 MiB of float32 took ~0.2 ms from memory, about a sixth of that from cache).
+void pack(const float* x, int64_t count, int64_t rows, int64_t cols, std::initializer_list<std::pair<Packed*, Layout>> outs) {
+  for (auto [out, layout] : outs) {
+    out->layout = layout;
+    if (layout == Layout::Rows) {
+      out->ld = (cols + 1) / 2, out->per = rows * out->ld;
+    } else {
+      // Padded past a multiple of 1 KiB, for the same reason as Problem::JT:
+      // the 32 pair rows of a Kᵀ or Vᵀ tile would otherwise share a few L1 sets.
+      const int64_t width = layout == Layout::Pairs ? cols : rows, height = layout == Layout::Pairs ? rows : cols;
+      out->ld = (width + 15) / 16 * 16, out->ld += out->ld % 256 == 0 ? 16 : 0, out->per = (height + 1) / 2 * out->ld;
+    }
+    out->storage = empty({count * out->per});  // every element is written by the kernels
+  }
+  parallel_for(count, rows * cols * int64_t(outs.size()), [&](int64_t m0, int64_t m1) {
+    const kernels::Table& k = kernels::table();
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* xm = x + m * rows * cols;
+      for (auto [out, layout] : outs) {
+        uint32_t* dst = out->data() + m * out->per;
+        if (layout == Layout::Pairs) k.pack_bf16_pairs(xm, cols, rows, cols, dst, out->ld);
+        else if (layout == Layout::PairsT) k.pack_bf16_pairs_t(xm, cols, rows, cols, dst, out->ld);
+        else k.pack_bf16_rows(xm, cols, rows, cols, dst, out->ld);
+      }
+    }
   });
-  return out;
 }
 
 // Everything one call needs, shared by the forward and backward passes.
@@ -98,6 +122,8 @@ struct Problem {
   // k and v transposed once per call, [B, G, D, JT] and [B, G, Dv, JT]. The
   // row stride JT is J padded past a multiple of 16 floats: with J a power of
   // two the 64 rows of a tile's Kᵀ would all map to the same few L1 sets.
+  // (The bfloat16 products read packed copies instead: kT is there only for
+  // selective attention's float32 gate, vT not at all.)
   const float *kT = nullptr, *vT = nullptr;
   int64_t JT = 0;
   Tensor mask_t, bias_t;                                 // kept alive for the views
@@ -111,12 +137,15 @@ struct Problem {
   Generator gen;  // seed and first block of this call's dropout numbers
   uint64_t first_block = 0;
   // The tile products: float32 (gemm), or under autocast on a CPU with
-  // AVX512-BF16 bfloat16 inputs with float32 sums (bf16: gemm_bf16 with K,
-  // V, Kᵀ and Vᵀ packed once per call; the backward uses the forward's).
+  // AVX512-BF16 bfloat16 inputs with float32 sums (bf16: gemm_bf16_pp with
+  // Q, K, V, Kᵀ and Vᵀ packed once per call, the backward using the
+  // forward's, and each tile's P and dS written packed by the tile itself).
   decltype(kernels::Table::gemm) gemm = nullptr;
-  decltype(kernels::Table::gemm_bf16_packed) gemm_bf16 = nullptr;
+  decltype(kernels::Table::gemm_bf16_pp) gemm_bf16 = nullptr;
   bool bf16 = false;
-  Packed kTp, vTp, kp, vp;
+  Packed kTp, vTp, kp, vp;  // B operands (pairs of rows)
+  Packed qa;                // Q as A operand (pairs along rows), [B·H·I, ⌈D/2⌉]
+  Packed qp;                // Q as B operand of dK (packed with qa when a backward will follow)
 
   int64_t kv_head(int64_t h) const { return h % G; }
   // The dropout keep factor for weight (b, h, r, c): 0 or 1 / (1 − p).
@@ -141,22 +170,31 @@ Tensor transpose_padded(const Tensor& x, int64_t JT) {
   return t;
 }
 
-// C = alpha · A · B (+ C when accumulate) for one tile, B at row `row` and
-// column `col` of matrix m: float32 from B (row stride ldb), or bfloat16
-// from its packed copy Bp. (A causal tile with an odd number of keys pairs
-// its last key row of K or V with the next, invisible one, times A's zero
-// padding: only an inf or NaN in that invisible row would show, as NaN.)
-void product(const Problem& p, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb,
-             const Packed& Bp, int64_t m, int64_t row, int64_t col, float* C, int64_t ldc, int64_t rows, int64_t cols,
-             int64_t k, float alpha, bool accumulate) {
-  if (p.bf16) p.gemm_bf16(A, a_rs, a_cs, Bp.at(m, row) + col, Bp.ld, C, ldc, rows, cols, k, alpha, accumulate);
+// C = alpha · A · B (+ C when accumulate) for one tile: float32 from A
+// (A(r, t) = A[r · a_rs + t · a_cs]) and B (row stride ldb), or bfloat16
+// from their packed copies: Ap(r, pair) = Ap[r · sr + pair · sp] and Bp's
+// matrix m from row `row` (even) and column `col`. (A causal tile with an odd
+// number of keys pairs its last key row of K or V with the next, invisible
+// one, times A's zero padding: only an inf or NaN in that invisible row
+// would show, as NaN.)
+void product(const Problem& p, const float* A, int64_t a_rs, int64_t a_cs, const uint32_t* Ap, int64_t sr, int64_t sp,
+             const float* B, int64_t ldb, const Packed& Bp, int64_t m, int64_t row, int64_t col, float* C, int64_t ldc,
+             int64_t rows, int64_t cols, int64_t k, float alpha, bool accumulate) {
+  if (p.bf16) p.gemm_bf16(Ap, sr, sp, Bp.at(m, row) + col, Bp.ld, C, ldc, rows, cols, (k + 1) / 2, alpha, accumulate);
   else p.gemm(A, a_rs, a_cs, B, ldb, C, ldc, rows, cols, k, alpha, accumulate);
 }
 
-// Per-thread scratch for one tile: logits (later dS) and weights.
+// Per-thread scratch for one tile: logits (later dS) and weights, and for
+// the bfloat16 products their packed copies: P and dS by rows (ld kHalf:
+// P V, dS K) and Pᵀ and dSᵀ as pairs of rows (ld kBlock: Pᵀ dO, dSᵀ Q).
+constexpr int64_t kHalf = kBlock / 2;
 struct Tile {
   std::vector<float> S, P;
-  Tile() : S(size_t(kBlock * kBlock)), P(size_t(kBlock * kBlock)) {}
+  std::vector<uint32_t> Pr, dSr, Pt, dSt;
+  bool packed = false;  // dSr, Pt and dSt hold this tile's (grad_tile's common case writes them)
+  explicit Tile(bool bf16)
+      : S(size_t(kBlock * kBlock)), P(size_t(kBlock * kBlock)), Pr(bf16 ? size_t(kBlock * kHalf) : 0),
+        dSr(Pr.size()), Pt(Pr.size()), dSt(Pr.size()) {}
 };
 
 // S[r - r0][c - c0] = scale q_r·k_c + bias − F (−∞ where not visible), rows
@@ -166,12 +204,14 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
                  bool with_F) {
   const int64_t nr = r1 - r0, nc = c1 - c0;
   const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-  const float* KT = p.kT + (b * p.G + p.kv_head(h)) * p.D * p.JT + c0;  // columns c0.. of Kᵀ
+  const float* KT = p.kT ? p.kT + (b * p.G + p.kv_head(h)) * p.D * p.JT + c0 : nullptr;  // columns c0.. of Kᵀ
   // The selective gate's logits (with_F false) stay float32 under autocast:
   // its running sum F grows over the rows and would carry their rounding
   // into every later weight.
+  const uint32_t* Qa = p.bf16 ? p.qa.at(0, (b * p.H + h) * p.I + r0) : nullptr;
   if (with_F)
-    product(p, Q, p.D, 1, KT, p.JT, p.kTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc, p.D, p.scale, false);
+    product(p, Q, p.D, 1, Qa, p.qa.ld, 1, KT, p.JT, p.kTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc, p.D,
+            p.scale, false);
   else
     p.gemm(Q, p.D, 1, KT, p.JT, t.S.data(), nc, nr, nc, p.D, p.scale, false);
   for (int64_t r = 0; r < nr; ++r) {
@@ -225,8 +265,8 @@ void forward(const Problem& p, float* out, float* lse) {
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.H * qblocks, kBlock * p.J * (p.D + p.Dv), [&](int64_t u0, int64_t u1) {
     const kernels::Table& k = kernels::table();
-    Tile t;
-    std::vector<float> m(kBlock), l(kBlock);
+    Tile t(p.bf16);
+    std::vector<float> m(kBlock), l(kBlock), scale(kBlock);  // scale: the bfloat16 path's rescaling factors
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / (p.H * qblocks), h = u / qblocks % p.H, r0 = u % qblocks * kBlock;
       const int64_t r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
@@ -238,29 +278,46 @@ void forward(const Problem& p, float* out, float* lse) {
       for (int64_t c0 = 0; c0 < cend; c0 += kBlock) {
         const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
         logits_tile(p, t, b, h, r0, r1, c0, c1, true);
-        for (int64_t r = 0; r < nr; ++r) {
-          float* s = t.S.data() + r * nc;
-          float* pr = t.P.data() + r * nc;
-          // k.max is NaN if any logit is; NaN then stays in m, l and O, as
-          // softmax of a row with a NaN is NaN (std::max alone would drop it).
-          const float tile_max = k.max(s, nc), m_old = m[size_t(r)];
-          const float m_new = std::isnan(tile_max) || std::isnan(m_old) ? NAN : std::max(m_old, tile_max);
-          if (m_new == -kInf) {  // nothing visible yet in this row
-            std::fill(pr, pr + nc, 0.0f);
-            continue;
+        if (p.bf16) {
+          // The whole tile's softmax step in one kernel call, its weights
+          // written packed for P V (float32 first with dropout, which packs
+          // them after dropping).
+          k.softmax_tile_bf16(t.S.data(), nr, nc, m.data(), l.data(), scale.data(),
+                              p.dropout > 0 ? t.P.data() : nullptr, t.Pr.data(), kHalf);
+          for (int64_t r = 0; r < nr; ++r) {
+            if (scale[size_t(r)] != 1.0f)
+              for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] *= scale[size_t(r)];
+            if (p.dropout > 0) {
+              float* pr = t.P.data() + r * nc;
+              for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
+              k.pack_bf16_rows(pr, nc, 1, nc, t.Pr.data() + r * kHalf, kHalf);
+            }
           }
-          const float alpha = std::exp(m[size_t(r)] - m_new);  // rescales what was summed so far
-          const float rowsum = k.exp_sum(s, m_new, pr, nc);    // pr = exp(s − m_new), one vector pass
-          l[size_t(r)] = l[size_t(r)] * alpha + rowsum;
-          m[size_t(r)] = m_new;
-          if (alpha != 1.0f)
-            for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] *= alpha;
-          if (p.dropout > 0)
-            for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
+        } else {
+          for (int64_t r = 0; r < nr; ++r) {
+            float* s = t.S.data() + r * nc;
+            float* pr = t.P.data() + r * nc;
+            // k.max is NaN if any logit is; NaN then stays in m, l and O, as
+            // softmax of a row with a NaN is NaN (std::max alone would drop it).
+            const float tile_max = k.max(s, nc), m_old = m[size_t(r)];
+            const float m_new = std::isnan(tile_max) || std::isnan(m_old) ? NAN : std::max(m_old, tile_max);
+            if (m_new == -kInf) {  // nothing visible yet in this row
+              std::fill(pr, pr + nc, 0.0f);
+              continue;
+            }
+            const float alpha = std::exp(m[size_t(r)] - m_new);  // rescales what was summed so far
+            const float rowsum = k.exp_sum(s, m_new, pr, nc);    // pr = exp(s − m_new), one vector pass
+            l[size_t(r)] = l[size_t(r)] * alpha + rowsum;
+            m[size_t(r)] = m_new;
+            if (alpha != 1.0f)
+              for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] *= alpha;
+            if (p.dropout > 0)
+              for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
+          }
         }
         const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
-        product(p, t.P.data(), nc, 1, V, p.Dv, p.vp, b * p.G + p.kv_head(h), c0, 0, O, p.Dv, nr, p.Dv, nc, 1.0f,
-                true);  // O += P V
+        product(p, t.P.data(), nc, 1, t.Pr.data(), kHalf, 1, V, p.Dv, p.vp, b * p.G + p.kv_head(h), c0, 0, O, p.Dv, nr,
+                p.Dv, nc, 1.0f, true);  // O += P V
       }
       for (int64_t r = 0; r < nr; ++r) {
         // A row that saw no key (m still −∞) is exact zeros, with lse +∞ so
@@ -281,7 +338,7 @@ void forward(const Problem& p, float* out, float* lse) {
 void selective_gate(const Problem& p, float* G, float* F, float* carry_out) {
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * qblocks, kBlock * p.J * p.D, [&](int64_t u0, int64_t u1) {
-    Tile t;
+    Tile t(false);  // the gate's logits are float32 products
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / qblocks, r0 = u % qblocks * kBlock, r1 = std::min(p.I, r0 + kBlock);
       for (int64_t c0 = 0; c0 < p.J; c0 += kBlock) {
@@ -316,7 +373,7 @@ struct Grad {
   const float *out, *lse, *dout;  // saved O and lse, incoming dO (contiguous)
   std::vector<float> delta;       // Δ_r = Σ_d dO_rd O_rd, [B, H, I]
   const float* dS0 = nullptr;     // selective: extra gradient of head 0's logits, [B, I, J]
-  Packed qp, dOp;                 // bfloat16 tiles: q and dO as B operands of dK and dV
+  Packed dOp, dOa;                // bfloat16 tiles: dO as B operand of dV and as A operand of dP = dO Vᵀ
 };
 
 // For one tile: P in t.P, and dS = P ∘ (dP − Δ) in t.S, where dP is taken
@@ -328,17 +385,26 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
   const int64_t nr = r1 - r0, nc = c1 - c0;
   logits_tile(p, t, b, h, r0, r1, c0, c1, true);
   const float* L = g.lse + (b * p.H + h) * p.I + r0;
+  // P = exp(S − lse), with the forward's exp (the bfloat16 table has its own)
+  if (p.bf16) k.exp_tile_bf16(t.S.data(), nr, nc, L, t.P.data());
   for (int64_t r = 0; r < nr; ++r) {
-    k.softmax_minus(t.S.data() + r * nc, L[r], 1.0f, 0.0f, t.P.data() + r * nc, nc);  // P = exp(S − lse)
+    if (!p.bf16) k.softmax_minus(t.S.data() + r * nc, L[r], 1.0f, 0.0f, t.P.data() + r * nc, nc);
     if (std::isnan(L[r])) masked_to_zero(t.S.data() + r * nc, t.P.data() + r * nc, nc);
   }
   // dP = dO Vᵀ
-  const float* VT = p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.JT + c0;
+  const float* VT = p.vT ? p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.JT + c0 : nullptr;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
-  product(p, dO, p.Dv, 1, VT, p.JT, p.vTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc, p.Dv, 1.0f,
-          false);  // t.S now holds dP
+  const uint32_t* dOa = p.bf16 ? g.dOa.at(0, (b * p.H + h) * p.I + r0) : nullptr;
+  product(p, dO, p.Dv, 1, dOa, g.dOa.ld, 1, VT, p.JT, p.vTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc,
+          p.Dv, 1.0f, false);  // t.S now holds dP
   const float* delta = g.delta.data() + (b * p.H + h) * p.I + r0;
   const bool extra = g.dS0 && h == 0;
+  t.packed = p.bf16 && p.dropout == 0 && !extra;
+  if (t.packed) {  // the same with the tile's bfloat16 copies written in the same pass
+    k.softmax_grad_tile_bf16(t.P.data(), t.S.data(), delta, nr, nc, t.dSr.data(), kHalf, t.Pt.data(), t.dSt.data(),
+                             kBlock);
+    return t.P.data();
+  }
   if (p.dropout == 0 && !extra) {  // the common case: one vector pass per row, in place
     for (int64_t r = 0; r < nr; ++r)
       k.softmax_grad(t.P.data() + r * nc, t.S.data() + r * nc, delta[r], t.S.data() + r * nc, nc);
@@ -358,6 +424,19 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
   return Pd.data();
 }
 
+// The bfloat16 copies of a tile's dS (t.S) and weights W that its products
+// read: dS by rows (for dS K), and Wᵀ and dSᵀ as pairs of rows (for Wᵀ dO and
+// dSᵀ Q), each as needed, unless grad_tile has written them already.
+void pack_tile(const Problem& p, Tile& t, const float* W, int64_t nr, int64_t nc, bool rows, bool transposed) {
+  if (!p.bf16 || t.packed) return;
+  const kernels::Table& k = kernels::table();
+  if (rows) k.pack_bf16_rows(t.S.data(), nc, nr, nc, t.dSr.data(), kHalf);
+  if (transposed) {
+    k.pack_bf16_pairs(W, nc, nr, nc, t.Pt.data(), kBlock);
+    k.pack_bf16_pairs(t.S.data(), nc, nr, nc, t.dSt.data(), kBlock);
+  }
+}
+
 // Pass A: dQ (and dbias), one unit per query block of the dims dbias does not repeat over.
 void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, const Shape& dbias_shape) {
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
@@ -365,7 +444,7 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
   // loops over all of them so each dbias element has one writer.
   const int64_t Bb = dbias ? dbias_shape[0] : p.B, Hb = dbias ? dbias_shape[1] : p.H;
   parallel_for(Bb * Hb * qblocks, kBlock * p.J * (p.D + p.Dv) * (p.B / Bb) * (p.H / Hb), [&](int64_t u0, int64_t u1) {
-    Tile t;
+    Tile t(p.bf16);
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t bb = u / (Hb * qblocks), hh = u / qblocks % Hb, r0 = u % qblocks * kBlock;
@@ -376,10 +455,10 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
           std::fill(dQ, dQ + nr * p.D, 0.0f);
           for (int64_t c0 = 0; c0 < cend; c0 += kBlock) {
             const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
-            grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+            pack_tile(p, t, grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd), nr, nc, true, false);
             const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
-            product(p, t.S.data(), nc, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D, nr, p.D, nc, p.scale,
-                    true);  // dQ += scale dS K
+            product(p, t.S.data(), nc, 1, t.dSr.data(), kHalf, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D,
+                    nr, p.D, nc, p.scale, true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -395,7 +474,7 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
 void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
   const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.G * kblocks, kBlock * p.I * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
-    Tile t;
+    Tile t(p.bf16);
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / (p.G * kblocks), gk = u / kblocks % p.G, c0 = u % kblocks * kBlock;
@@ -409,13 +488,14 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
           const int64_t r0 = qb * kBlock, r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
           if (key_end(p, r1) <= c0) continue;  // causal: this key block is invisible to these queries
           const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+          pack_tile(p, t, W, nr, nc, false, true);
           const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
           const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
           // The transposed tiles are read through strides (row step 1, column step nc).
-          product(p, W, 1, nc, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr, 1.0f,
-                  true);  // dV += Pdᵀ dO
-          product(p, t.S.data(), 1, nc, Q, p.D, g.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D, nr, p.scale,
-                  true);  // dK += scale dSᵀ Q
+          product(p, W, 1, nc, t.Pt.data(), 1, kBlock, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr,
+                  1.0f, true);  // dV += Pdᵀ dO
+          product(p, t.S.data(), 1, nc, t.dSt.data(), 1, kBlock, Q, p.D, p.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D,
+                  nr, p.scale, true);  // dK += scale dSᵀ Q
         }
     }
   });
@@ -431,7 +511,7 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
 void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float* dv, float* dbias) {
   const int64_t kblocks = (p.J + kBlock - 1) / kBlock, qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.G, p.I * p.J * (p.D + p.Dv) * (p.H / p.G), [&](int64_t u0, int64_t u1) {
-    Tile t;
+    Tile t(p.bf16);
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / p.G, gk = u % p.G;
@@ -449,15 +529,16 @@ void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float
             const int64_t r0 = qb * kBlock, r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
             if (key_end(p, r1) <= c0) continue;  // causal: this key block is invisible to these queries
             const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+            pack_tile(p, t, W, nr, nc, true, true);
             const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
             const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
-            product(p, W, 1, nc, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr, 1.0f,
-                    true);  // dV += Pdᵀ dO
-            product(p, t.S.data(), 1, nc, Q, p.D, g.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D, nr, p.scale,
-                    true);  // dK += scale dSᵀ Q
+            product(p, W, 1, nc, t.Pt.data(), 1, kBlock, dO, p.Dv, g.dOp, b * p.H + h, r0, 0, dV, p.Dv, nc, p.Dv, nr,
+                    1.0f, true);  // dV += Pdᵀ dO
+            product(p, t.S.data(), 1, nc, t.dSt.data(), 1, kBlock, Q, p.D, p.qp, b * p.H + h, r0, 0, dK, p.D, nc, p.D,
+                    nr, p.scale, true);  // dK += scale dSᵀ Q
             float* dQ = dq + ((b * p.H + h) * p.I + r0) * p.D;
-            product(p, t.S.data(), nc, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D, nr, p.D, nc, p.scale,
-                    true);  // dQ += scale dS K
+            product(p, t.S.data(), nc, 1, t.dSr.data(), kHalf, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D,
+                    nr, p.D, nc, p.scale, true);  // dQ += scale dS K
             if (dbias)
               for (int64_t r = 0; r < nr; ++r)
                 for (int64_t c = 0; c < nc; ++c)
@@ -474,7 +555,7 @@ std::vector<float> selective_backward(const Problem& p, const Grad& g, const flo
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   std::vector<float> dF(size_t(p.B * p.I * p.J), 0.0f);
   parallel_for(p.B * qblocks, kBlock * p.J * p.H * (p.D + p.Dv), [&](int64_t u0, int64_t u1) {
-    Tile t;
+    Tile t(p.bf16);
     std::vector<float> Pd(size_t(kBlock * kBlock));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / qblocks, r0 = u % qblocks * kBlock, r1 = std::min(p.I, r0 + kBlock);
@@ -555,7 +636,7 @@ void weights(const Problem& p, const float* lse, float* w) {
   const int64_t qblocks = (p.I + kBlock - 1) / kBlock;
   parallel_for(p.B * p.H * qblocks, kBlock * p.J * p.D, [&](int64_t u0, int64_t u1) {
     const kernels::Table& k = kernels::table();
-    Tile t;
+    Tile t(p.bf16);
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / (p.H * qblocks), h = u / qblocks % p.H, r0 = u % qblocks * kBlock;
       const int64_t r1 = std::min(p.I, r0 + kBlock);
@@ -583,17 +664,31 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   p->scale = float(o.scale.value_or(1.0 / std::sqrt(double(p->D))));
   p->q = q.data_ptr<float>(), p->k = k.data_ptr<float>(), p->v = v.data_ptr<float>();
   p->JT = (p->J + 15) / 16 * 16 + 16;
-  Tensor kT = transpose_padded(k, p->JT), vT = transpose_padded(v, p->JT);  // tiles read Kᵀ, Vᵀ rows directly
-  p->kT = kT.data_ptr<float>(), p->vT = vT.data_ptr<float>();
   p->causal = o.causal;
   p->offset = p->J - p->I;
   const kernels::Table& kt = kernels::table();
   p->gemm = kt.gemm;
-  if (autocast_enabled() && kt.gemm_bf16_packed && p->D > 0 && p->Dv > 0) {  // (empty heads: nothing to multiply)
-    p->bf16 = true, p->gemm_bf16 = kt.gemm_bf16_packed;
-    // The forward's operands; the backward packs K and Vᵀ when it runs.
-    p->kTp = pack_pairs(p->kT, p->B * p->G, p->D, p->J, p->JT), p->vp = pack_pairs(p->v, p->B * p->G, p->J, p->Dv);
+  Tensor kT, vT;  // tiles read Kᵀ, Vᵀ rows directly
+  if (autocast_enabled() && kt.gemm_bf16_pp && p->D > 0 && p->Dv > 0) {  // (empty heads: nothing to multiply)
+    p->bf16 = true, p->gemm_bf16 = kt.gemm_bf16_pp;
+    // The forward's operands, and when a backward will follow (as record()
+    // decides) the backward's too while q, k and v are in cache; dO is packed
+    // when it comes.
+    if (any_requires_grad({q_in, k_in, v_in, o.bias})) {
+      pack(p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}, {&p->kp, Layout::Pairs}});
+      pack(p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}, {&p->vTp, Layout::PairsT}});
+      pack(p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}, {&p->qp, Layout::Pairs}});
+    } else {
+      pack(p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}});
+      pack(p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}});
+      pack(p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}});
+    }
+    if (o.selective) kT = transpose_padded(k, p->JT);
+  } else {
+    kT = transpose_padded(k, p->JT), vT = transpose_padded(v, p->JT);
   }
+  if (kT.defined()) p->kT = kT.data_ptr<float>();
+  if (vT.defined()) p->vT = vT.data_ptr<float>();
   {
     NoGradGuard no_grad;
     Tensor mask;  // the two boolean masks combined, at their broadcast shape (not [b, h, i, j])
@@ -641,9 +736,7 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
            g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();
            g.delta.resize(size_t(p->B * p->H * p->I));
            if (p->bf16) {
-             p->kp = pack_pairs(p->k, p->B * p->G, p->J, p->D), p->vTp = pack_pairs(p->vT, p->B * p->G, p->Dv, p->J, p->JT);
-             g.qp = pack_pairs(p->q, p->B * p->H, p->I, p->D);
-             g.dOp = pack_pairs(g.dout, p->B * p->H, p->I, p->Dv);
+             pack(g.dout, p->B * p->H, p->I, p->Dv, {{&g.dOp, Layout::Pairs}, {&g.dOa, Layout::Rows}});
            }
            for (size_t r = 0; r < g.delta.size(); ++r) {
              double s = 0;

@@ -221,6 +221,165 @@ TEST_CASE("bfloat16 tile product: every operand layout against a double product 
       }
 }
 
+TEST_CASE("bfloat16 attention kernels: the packings, the product of two packed operands, the softmax tiles") {
+  // Only the avx512bf16 table has them; ops/attention.cpp uses them under autocast.
+  const kernels::Table* bf = nullptr;
+  for_each_isa([&](const std::string&) {
+    if (kernels::table().gemm_bf16_pp) bf = &kernels::table();
+  });
+  if (!bf) {
+    MESSAGE("this CPU has no AVX512-BF16: no bfloat16 attention kernels to test");
+    return;
+  }
+  Generator g(13);
+  auto pair_ref = [](float lo, float hi) { return uint32_t(BFloat16(lo).bits) | uint32_t(BFloat16(hi).bits) << 16; };
+  struct Shape2 { int64_t rows, cols; };
+  for (Shape2 s : {Shape2{64, 64}, {37, 33}, {1, 1}, {17, 2}, {70, 31}, {16, 64}}) {
+    INFO("rows ", s.rows, " cols ", s.cols);
+    const int64_t rows = s.rows, cols = s.cols, ldx = cols + 3, kp = (cols + 1) / 2;
+    const std::vector<float> X = randn({rows * ldx}, g).to_vector<float>();
+    // pack_bf16_rows: pairs along each row, a 0 partner past cols, nothing written past kp
+    const int64_t ldr = kp + 2;
+    std::vector<uint32_t> R(size_t(rows * ldr), 0xdeadbeefu);
+    bf->pack_bf16_rows(X.data(), ldx, rows, cols, R.data(), ldr);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t q = 0; q < ldr; ++q) {
+        const uint32_t want = q >= kp ? 0xdeadbeefu
+                                      : pair_ref(X[size_t(r * ldx + 2 * q)], 2 * q + 1 < cols ? X[size_t(r * ldx + 2 * q + 1)] : 0.0f);
+        REQUIRE(R[size_t(r * ldr + q)] == want);
+      }
+    // pack_bf16_pairs_t(X) is pack_bf16_pairs(Xᵀ), padding included
+    std::vector<float> XT(static_cast<size_t>(cols * rows));
+    for (int64_t j = 0; j < rows; ++j)
+      for (int64_t c = 0; c < cols; ++c) XT[size_t(c * rows + j)] = X[size_t(j * ldx + c)];
+    const int64_t width = (rows + 15) / 16 * 16, ldp = width + 16;
+    std::vector<uint32_t> T1(size_t(kp * ldp), 7u), T2 = T1;
+    bf->pack_bf16_pairs_t(X.data(), ldx, rows, cols, T1.data(), ldp);
+    bf->pack_bf16_pairs(XT.data(), rows, cols, rows, T2.data(), ldp);
+    REQUIRE(T1 == T2);
+  }
+  // gemm_bf16_pp with A packed by rows (A) or as pairs of rows of Aᵀ: the
+  // same bits as gemm_bf16 (tested above against double), which packs A itself.
+  struct Shape3 { int64_t m, n, k; };
+  for (Shape3 s : {Shape3{64, 64, 64}, {37, 45, 33}, {1, 1, 1}, {8, 16, 2}, {70, 12, 70}, {5, 80, 17}})
+    for (bool transposed : {false, true})
+      for (bool accumulate : {false, true}) {
+        INFO("m ", s.m, " n ", s.n, " k ", s.k, " transposed ", transposed, " accumulate ", accumulate);
+        const int64_t kp = (s.k + 1) / 2, ldb = s.n + 3, ldc = s.n + 5, ldp = (s.n + 15) / 16 * 16;
+        const std::vector<float> A = randn({s.m * s.k}, g).to_vector<float>(), B = randn({s.k * ldb}, g).to_vector<float>(),
+                                 C = randn({s.m * ldc}, g).to_vector<float>();
+        std::vector<uint32_t> Bp(static_cast<size_t>(kp * ldp)), Ap;
+        bf->pack_bf16_pairs(B.data(), ldb, s.k, s.n, Bp.data(), ldp);
+        int64_t a_rs = s.k, a_cs = 1, sr = kp, sp = 1;
+        std::vector<float> At(A.size());  // A stored transposed: A(r, t) = At[t · m + r]
+        for (int64_t r = 0; r < s.m; ++r)
+          for (int64_t t = 0; t < s.k; ++t) At[size_t(t * s.m + r)] = A[size_t(r * s.k + t)];
+        if (transposed) {
+          const int64_t lda = (s.m + 15) / 16 * 16;
+          Ap.resize(static_cast<size_t>(kp * lda));
+          bf->pack_bf16_pairs(At.data(), s.m, s.k, s.m, Ap.data(), lda);
+          a_rs = 1, a_cs = s.m, sr = 1, sp = lda;
+        } else {
+          Ap.resize(static_cast<size_t>(s.m * kp));
+          bf->pack_bf16_rows(A.data(), s.k, s.m, s.k, Ap.data(), kp);
+        }
+        std::vector<float> got = C, want = C;
+        bf->gemm_bf16_pp(Ap.data(), sr, sp, Bp.data(), ldp, got.data(), ldc, s.m, s.n, kp, 0.75f, accumulate);
+        bf->gemm_bf16(transposed ? At.data() : A.data(), a_rs, a_cs, B.data(), ldb, want.data(), ldc, s.m, s.n, s.k, 0.75f,
+                      accumulate);
+        REQUIRE(got == want);  // also untouched past column n
+      }
+  // The softmax tiles against double, with masked logits, a row with nothing
+  // visible, a NaN row, and running statistics from an earlier tile.
+  for (int64_t nr : {64, 5, 1})
+    for (int64_t nc : {64, 33, 1, 17}) {
+      INFO("nr ", nr, " nc ", nc);
+      std::vector<float> x = (randn({nr * nc}, g) * 3.0f).to_vector<float>();
+      std::vector<float> m0(static_cast<size_t>(nr)), l0(static_cast<size_t>(nr));
+      for (int64_t r = 0; r < nr; ++r) {
+        x[size_t(r * nc + r % nc)] = -INFINITY;                                // a masked key
+        m0[size_t(r)] = r % 3 == 0 ? -INFINITY : r % 3 == 1 ? 2.0f : 9.0f;     // none yet, below, above the row
+        l0[size_t(r)] = r % 3 == 0 ? 0.0f : 1.5f;
+      }
+      if (nr > 2) {
+        for (int64_t c = 0; c < nc; ++c) x[size_t(1 * nc + c)] = -INFINITY;    // nothing visible: row 1 has m 2
+        for (int64_t c = 0; c < nc; ++c) x[size_t(3 * nc + c)] = -INFINITY;    // row 3 has m −∞: stays so
+        x[size_t(2 * nc)] = NAN;
+      }
+      std::vector<float> m = m0, l = l0, alpha(static_cast<size_t>(nr)), y(static_cast<size_t>(nr * nc));
+      bf->softmax_tile_bf16(x.data(), nr, nc, m.data(), l.data(), alpha.data(), y.data(), nullptr, 0);
+      const int64_t ldb = (nc + 1) / 2 + 1;
+      std::vector<uint32_t> yb(size_t(nr * ldb), 0xdeadbeefu);
+      std::vector<float> m2 = m0, l2 = l0, alpha2(static_cast<size_t>(nr));
+      bf->softmax_tile_bf16(x.data(), nr, nc, m2.data(), l2.data(), alpha2.data(), nullptr, yb.data(), ldb);
+      std::vector<float> shift(static_cast<size_t>(nr)), e(static_cast<size_t>(nr * nc));
+      for (int64_t r = 0; r < nr; ++r) {
+        INFO("row ", r);
+        double mx = m0[size_t(r)];
+        bool nan = false;
+        for (int64_t c = 0; c < nc; ++c) mx = std::max(mx, double(x[size_t(r * nc + c)])), nan = nan || std::isnan(x[size_t(r * nc + c)]);
+        REQUIRE(bits_of(m[size_t(r)]) == bits_of(m2[size_t(r)]));
+        REQUIRE(bits_of(l[size_t(r)]) == bits_of(l2[size_t(r)]));
+        if (nan) {
+          CHECK(std::isnan(m[size_t(r)]));
+          CHECK(std::isnan(l[size_t(r)]));
+          continue;
+        }
+        if (mx == -INFINITY) {  // nothing visible yet: weights 0, statistics unchanged
+          CHECK(alpha[size_t(r)] == 1.0f);
+          CHECK(m[size_t(r)] == -INFINITY);
+          CHECK(l[size_t(r)] == 0.0f);
+          for (int64_t c = 0; c < nc; ++c) CHECK(y[size_t(r * nc + c)] == 0.0f);
+        } else {
+          CHECK(m[size_t(r)] == float(mx));
+          const double a = std::exp(double(m0[size_t(r)] - float(mx)));
+          CHECK(std::abs(alpha[size_t(r)] - a) <= 3e-7 * a);
+          double sum = 0;
+          for (int64_t c = 0; c < nc; ++c) {
+            // of the float32 difference, as the kernel takes it: about 1 ulp, exactly 0 when masked
+            const double want = std::exp(double(x[size_t(r * nc + c)] - float(mx)));
+            sum += want;
+            REQUIRE(std::abs(y[size_t(r * nc + c)] - want) <= 3e-7 * want);
+          }
+          const double lw = double(l0[size_t(r)]) * a + sum;
+          CHECK(std::abs(l[size_t(r)] - lw) <= 1e-6 * lw);
+        }
+        for (int64_t q = 0; q < ldb; ++q) {  // the packed weights: y rounded, a 0 partner, nothing past
+          const float lo = y[size_t(r * nc + 2 * q)] * (2 * q < nc), hi = 2 * q + 1 < nc ? y[size_t(r * nc + 2 * q + 1)] : 0.0f;
+          REQUIRE(yb[size_t(r * ldb + q)] == (q >= (nc + 1) / 2 ? 0xdeadbeefu : pair_ref(lo, hi)));
+        }
+        shift[size_t(r)] = float(mx);
+      }
+      // exp_tile_bf16: the backward's weights exp(x − lse)
+      for (int64_t r = 0; r < nr; ++r) shift[size_t(r)] = float(r) * 0.5f;
+      bf->exp_tile_bf16(x.data(), nr, nc, shift.data(), e.data());
+      for (int64_t i = 0; i < nr * nc; ++i) {
+        const double want = std::exp(double(x[size_t(i)] - shift[size_t(i / nc)]));
+        if (std::isnan(want)) REQUIRE(std::isnan(e[size_t(i)]));
+        else REQUIRE(std::abs(e[size_t(i)] - want) <= 3e-7 * want);
+      }
+      // softmax_grad_tile_bf16: softmax_grad's bits, and the packings' bits of P and dS
+      std::vector<float> P = rand({nr * nc}, g).to_vector<float>(), dP = randn({nr * nc}, g).to_vector<float>();
+      std::vector<float> delta = randn({nr}, g).to_vector<float>();
+      P[0] = 0.0f, dP[0] = NAN;  // a masked key: its gradient is 0 even where dP is NaN
+      std::vector<float> dS = dP, want = dP;
+      for (int64_t r = 0; r < nr; ++r)
+        bf->softmax_grad(P.data() + r * nc, dP.data() + r * nc, delta[size_t(r)], want.data() + r * nc, nc);
+      const int64_t ldr = (nc + 1) / 2, ldt = (nc + 15) / 16 * 16, pr = (nr + 1) / 2;
+      std::vector<uint32_t> dSr(static_cast<size_t>(nr * ldr)), Pt(static_cast<size_t>(pr * ldt)), dSt(Pt.size());
+      bf->softmax_grad_tile_bf16(P.data(), dS.data(), delta.data(), nr, nc, dSr.data(), ldr, Pt.data(), dSt.data(), ldt);
+      CHECK(dS[0] == 0.0f);
+      for (int64_t i = 0; i < nr * nc; ++i) REQUIRE(bits_of(dS[size_t(i)]) == bits_of(want[size_t(i)]));
+      std::vector<uint32_t> dSr2(dSr.size()), Pt2(Pt.size()), dSt2(Pt.size());
+      bf->pack_bf16_rows(want.data(), nc, nr, nc, dSr2.data(), ldr);
+      bf->pack_bf16_pairs(P.data(), nc, nr, nc, Pt2.data(), ldt);
+      bf->pack_bf16_pairs(want.data(), nc, nr, nc, dSt2.data(), ldt);
+      CHECK(dSr == dSr2);
+      CHECK(Pt == Pt2);
+      CHECK(dSt == dSt2);
+    }
+}
+
 TEST_CASE("autocast attention: bfloat16 tiles within 1 % of float32 forward and backward, the float32 op where there are none") {
   struct Variant {
     const char* name;

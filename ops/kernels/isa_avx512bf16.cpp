@@ -14,9 +14,18 @@
 // 32-bit lane, columns padded to a multiple of 16 with zeros; A as pairs
 // along k, Ap(r, p) = (A[r][2p], A[r][2p+1]), read by broadcast. An odd k
 // gets a zero partner.
+//
+// ops/attention.cpp packs every operand once (Q, K, V, dO and their
+// transposes once per call; P and dS once per tile, by the softmax kernels
+// below that compute them) and multiplies with gemm_bf16_pp. The softmax
+// part of a tile (online-softmax step, the backward's exp and dS) is here
+// too, a whole tile per call with an exp of its own (exp16): at d = 64 it was
+// about a third of the float32 forward's time, so with xsimd's exp and
+// per-row calls the forward could not pass ~1.5× whatever the products did.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -52,17 +61,25 @@ inline __m512i interleaved(__m512 lo, __m512 hi) {
 }
 
 // Rows [r, r + R) of C, columns [col, col + 16 · NB): Ap(r, p) = ap[r · sr + p · sp].
+// R · NB accumulators stay in registers over all kp pairs; each step loads NB
+// vectors of B and broadcasts R pairs of A, so a load feeds R (or NB) products.
 template <int R, int NB>
 inline void block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp, int64_t ldp, int64_t kp, float* c,
                   int64_t ldc, int64_t r, int64_t col, int64_t n, float alpha, bool accumulate) {
   __m512 acc[R][NB];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  const uint32_t* a0 = ap + r * sr;
+  // C is read at the end (accumulate) and often lives in L2 (dQ of a whole
+  // head): fetched now, it is in L1 by then.
+  if (accumulate)
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(c + (r + i) * ldc + col + 16 * j), _MM_HINT_T0);
   for (int64_t p = 0; p < kp; ++p) {
     __m512bh b[NB];
     for (int j = 0; j < NB; ++j) b[j] = (__m512bh)_mm512_loadu_si512(bp + p * ldp + col + 16 * j);
     for (int i = 0; i < R; ++i) {
-      const __m512bh x = (__m512bh)_mm512_set1_epi32(int(ap[(r + i) * sr + p * sp]));
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(int(a0[i * sr + p * sp]));
       for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], x, b[j]);
     }
   }
@@ -77,12 +94,163 @@ inline void block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp
     }
 }
 
+// Rows [r, r + R): 64 columns at a time (4 × 16, the width of an attention
+// tile), then 32, then 16.
 template <int R>
 inline void row_block(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp, int64_t ldp, int64_t kp,
                       float* c, int64_t ldc, int64_t r, int64_t n, float alpha, bool accumulate) {
   int64_t col = 0;
+  for (; col + 48 < n; col += 64) block<R, 4>(ap, sr, sp, bp, ldp, kp, c, ldc, r, col, n, alpha, accumulate);
   for (; col + 16 < n; col += 32) block<R, 2>(ap, sr, sp, bp, ldp, kp, c, ldc, r, col, n, alpha, accumulate);
   if (col < n) block<R, 1>(ap, sr, sp, bp, ldp, kp, c, ldc, r, col, n, alpha, accumulate);
+}
+
+// Both operands packed: C[m, n] = alpha · Σ_p Ap(r, p) · Bp[p][·] (+ C).
+// Four rows by 64 columns: 16 accumulators and 4 vectors of B in registers,
+// the pairs of A broadcast from memory; on Zen 5 this runs vdpbf16ps at
+// about 2 per cycle (a 64×64×64 tile in ~1.05 µs, against ~2.2 µs for the
+// float32 FMA kernel). 8 rows × 32 columns (10 loads per 16 products
+// instead of 8) and 6 or 7 rows × 64 were slower.
+void gemm_bf16_pp(const uint32_t* ap, int64_t sr, int64_t sp, const uint32_t* bp, int64_t ldp, float* c, int64_t ldc,
+                  int64_t m, int64_t n, int64_t kp, float alpha, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  int64_t r = 0;
+  for (; r + 4 <= m; r += 4) row_block<4>(ap, sr, sp, bp, ldp, kp, c, ldc, r, n, alpha, accumulate);
+  for (; r < m; ++r) row_block<1>(ap, sr, sp, bp, ldp, kp, c, ldc, r, n, alpha, accumulate);
+}
+
+// A as pairs along its rows: Ap[r][p] = (A[r][2p], A[r][2p+1]) for p < ⌈cols/2⌉
+// (0 partner for an odd cols), row stride ldp: the row-major A operand of gemm_bf16_pp.
+void pack_bf16_rows(const float* a, int64_t lda, int64_t rows, int64_t cols, uint32_t* ap, int64_t ldp) {
+  const int64_t kp = (cols + 1) / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* ar = a + r * lda;
+    for (int64_t t = 0; t < 2 * kp; t += 32) {  // 32 values (16 pairs) at a time
+      const __m512 x0 = _mm512_maskz_loadu_ps(first(cols - t), ar + t);
+      const __m512 x1 = _mm512_maskz_loadu_ps(first(cols - t - 16), ar + t + 16);
+      _mm512_mask_storeu_epi32(ap + r * ldp + t / 2, first(kp - t / 2), in_order(x0, x1));
+    }
+  }
+}
+
+// e^x in 16 lanes, Cephes' expf: x = n·ln 2 + r with |r| <= ln 2 / 2 (ln 2
+// in two parts, so r is exact), e^r = 1 + r + r²·poly(r), times 2ⁿ by
+// vscalefps (which gives 0 and ∞ past the float range itself). About 1 ulp,
+// like xsimd::exp, in a third of its instructions: the special-case blends
+// are replaced by clamping x to [−104, 89] (e^−104 is 0 in float32, e^89 is
+// ∞); min and max keep a NaN (they return their second operand when one is NaN).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+// One tile's step of the online softmax, rows r < nr of x [nr, nc] (see
+// kernels.h). Whole tiles per call, the sums and maxima reduced as trees
+// rather than lane by lane, and the rescaling factors of 16 rows in one
+// vector at the end: a row is only 4 vectors, so per-row calls, serial lane
+// sums and a scalar exp per row left it at about twice this cost.
+void softmax_tile_bf16(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* alpha, float* y,
+                       uint32_t* yb, int64_t ldb) {
+  const int64_t even = (nc + 1) / 2 * 2;
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+  for (int64_t r0 = 0; r0 < nr; r0 += 16) {
+    const int64_t rows = std::min<int64_t>(16, nr - r0);
+    alignas(64) float m_new[16], sums[16];
+    for (int64_t i = 0; i < 16; ++i) m_new[i] = -INFINITY, sums[i] = 0.0f;
+    for (int64_t r = r0; r < r0 + rows; ++r) {
+      const float* xr = x + r * nc;
+      __m512 mx = neg_inf;
+      __mmask16 nan = 0;  // _mm512_max_ps would drop a NaN
+      for (int64_t i = 0; i < nc; i += 16) {
+        const __m512 v = _mm512_mask_loadu_ps(neg_inf, first(nc - i), xr + i);
+        mx = _mm512_max_ps(mx, v);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      }
+      const float mr = nan || std::isnan(m[r]) ? NAN : std::max(m[r], _mm512_reduce_max_ps(mx));
+      m_new[r - r0] = mr;
+      if (mr == -INFINITY) {  // nothing visible yet in this row: weights 0
+        if (y) std::fill(y + r * nc, y + (r + 1) * nc, 0.0f);
+        else std::fill(yb + r * ldb, yb + r * ldb + even / 2, 0u);
+        continue;
+      }
+      const __m512 sh = _mm512_set1_ps(mr);
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t i = 0; i < even; i += 16) {
+        const __mmask16 mask = first(nc - i);
+        const __m512 e = _mm512_maskz_mov_ps(mask, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, xr + i), sh)));
+        acc = _mm512_add_ps(acc, e);
+        if (y) _mm512_mask_storeu_ps(y + r * nc + i, mask, e);
+        else _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(yb + r * ldb) + i, first(even - i),
+                                      (__m256i)_mm512_cvtneps_pbh(e));
+      }
+      sums[r - r0] = _mm512_reduce_add_ps(acc);
+    }
+    // alpha = exp(m − m_new), 1 where m_new is −∞ (the row's m and l stay: −∞ and 0)
+    const __mmask16 mask = first(rows);
+    const __m512 mo = _mm512_maskz_loadu_ps(mask, m + r0), mn = _mm512_load_ps(m_new);
+    const __mmask16 none = _mm512_cmp_ps_mask(mn, neg_inf, _CMP_EQ_OQ);
+    const __m512 a = _mm512_mask_mov_ps(exp16(_mm512_sub_ps(mo, mn)), none, _mm512_set1_ps(1.0f));
+    const __m512 lo = _mm512_maskz_loadu_ps(mask, l + r0);
+    _mm512_mask_storeu_ps(alpha + r0, mask, a);
+    _mm512_mask_storeu_ps(l + r0, mask & ~none, _mm512_add_ps(_mm512_mul_ps(lo, a), _mm512_load_ps(sums)));
+    _mm512_mask_storeu_ps(m + r0, mask & ~none, mn);
+  }
+}
+
+// The common case of an attention tile's softmax backward, with the
+// bfloat16 copies its products read, in one pass over pairs of rows:
+//   dS = P ∘ (dP − δ_r), exactly 0 where P is 0 (in place of dP, float32)
+//   dSr: dS by rows (pack_bf16_rows, row stride ldr pairs)
+//   Pt, dSt: P and dS as pairs of rows (pack_bf16_pairs, row stride ldt)
+void softmax_grad_tile_bf16(const float* P, float* dS, const float* delta, int64_t nr, int64_t nc, uint32_t* dSr,
+                            int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt) {
+  const int64_t even = (nc + 1) / 2 * 2, width = (nc + 15) / 16 * 16;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < nr; r += 2) {
+    const bool pair = r + 1 < nr;  // an odd last row gets a zero partner
+    const __m512 d0 = _mm512_set1_ps(delta[r]), d1 = _mm512_set1_ps(pair ? delta[r + 1] : 0.0f);
+    for (int64_t i = 0; i < width; i += 16) {
+      const __mmask16 mask = first(nc - i), m1 = pair ? mask : __mmask16(0);
+      const __m512 p0 = _mm512_maskz_loadu_ps(mask, P + r * nc + i), p1 = _mm512_maskz_loadu_ps(m1, P + (r + 1) * nc + i);
+      const __m512 g0 = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(p0, zero, _CMP_NEQ_UQ), p0,
+                                            _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, dS + r * nc + i), d0));
+      const __m512 g1 = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(p1, zero, _CMP_NEQ_UQ), p1,
+                                            _mm512_sub_ps(_mm512_maskz_loadu_ps(m1, dS + (r + 1) * nc + i), d1));
+      _mm512_mask_storeu_ps(dS + r * nc + i, mask, g0);
+      _mm512_mask_storeu_ps(dS + (r + 1) * nc + i, m1, g1);
+      if (i < even) {
+        const __mmask16 half = first(even - i);
+        _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(dSr + r * ldr) + i, half, (__m256i)_mm512_cvtneps_pbh(g0));
+        if (pair)
+          _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(dSr + (r + 1) * ldr) + i, half,
+                                   (__m256i)_mm512_cvtneps_pbh(g1));
+      }
+      _mm512_storeu_si512(Pt + r / 2 * ldt + i, interleaved(p0, p1));
+      _mm512_storeu_si512(dSt + r / 2 * ldt + i, interleaved(g0, g1));
+    }
+  }
+}
+
+// y[r][c] = exp(x[r][c] − shift[r]) over a tile [nr, nc].
+void exp_tile_bf16(const float* x, int64_t nr, int64_t nc, const float* shift, float* y) {
+  for (int64_t r = 0; r < nr; ++r) {
+    const __m512 sh = _mm512_set1_ps(shift[r]);
+    for (int64_t i = 0; i < nc; i += 16) {
+      const __mmask16 mask = first(nc - i);
+      _mm512_mask_storeu_ps(y + r * nc + i, mask, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x + r * nc + i), sh)));
+    }
+  }
 }
 
 // Bp[p][j] = (B[2p][j], B[2p+1][j]) for p < ⌈k/2⌉, j < ⌈n/16⌉·16 (zeros past n and past k).
@@ -96,6 +264,34 @@ void pack_bf16_pairs(const float* b, int64_t ldb, int64_t k, int64_t n, uint32_t
       const __m512 lo = _mm512_maskz_loadu_ps(mask, b0 + j);
       const __m512 hi = pair ? _mm512_maskz_loadu_ps(mask, b0 + ldb + j) : _mm512_setzero_ps();
       _mm512_storeu_si512(bp + p * ldp + j, interleaved(lo, hi));
+    }
+  }
+}
+
+// Bp[p][j] = (X[j][2p], X[j][2p+1]) for j < rows, p < ⌈cols/2⌉, and 0 for
+// rows <= j < ⌈rows/16⌉·16: pack_bf16_pairs of Xᵀ, read from X itself (so
+// Kᵀ and Vᵀ need no float32 transposed copy). A pair is adjacent in X: 16
+// of them come from two 64-bit gathers down column pair p, rounded in order.
+void pack_bf16_pairs_t(const float* x, int64_t ldx, int64_t rows, int64_t cols, uint32_t* bp, int64_t ldp) {
+  const int64_t kp = (cols + 1) / 2, width = (rows + 15) / 16 * 16;
+  const __m512i i0 = _mm512_mullo_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi64(ldx));
+  const __m512i i1 = _mm512_add_epi64(i0, _mm512_set1_epi64(8 * ldx));
+  for (int64_t j = 0; j < width; j += 16) {  // 16 rows of X at a time: they stay in L1 over all p
+    // The next 16 rows, fetched ahead: gathers from memory (X is read once,
+    // cold) would wait for each line in turn, at about twice the time.
+    for (int64_t t = j + 16; t < std::min(rows, j + 32); ++t)
+      for (int64_t c = 0; c < cols; c += 16) _mm_prefetch(reinterpret_cast<const char*>(x + t * ldx + c), _MM_HINT_T0);
+    const __mmask8 m0 = __mmask8(first(rows - j)), m1 = __mmask8(first(rows - j - 8));
+    for (int64_t p = 0; p < kp; ++p) {
+      uint32_t* dst = bp + p * ldp + j;
+      if (2 * p + 1 == cols) {  // an odd last column: a zero partner
+        for (int64_t t = 0; t < 16; ++t) dst[t] = j + t < rows ? bf16_bits(x[(j + t) * ldx + 2 * p]) : 0u;
+        continue;
+      }
+      const float* base = x + j * ldx + 2 * p;
+      const __m512 lo = (__m512)_mm512_mask_i64gather_epi64(_mm512_setzero_si512(), m0, i0, base, 4);
+      const __m512 hi = (__m512)_mm512_mask_i64gather_epi64(_mm512_setzero_si512(), m1, i1, base, 4);
+      _mm512_storeu_si512(dst, in_order(lo, hi));
     }
   }
 }
@@ -137,9 +333,7 @@ void gemm_bf16_packed(const float* a, int64_t a_rs, int64_t a_cs, const uint32_t
         A[size_t(r * kp + p)] = lo | hi << 16;
       }
   }
-  int64_t r = 0;
-  for (; r + 8 <= m; r += 8) row_block<8>(A.data(), sr, sp, bp, ldp, kp, c, ldc, r, n, alpha, accumulate);
-  for (; r < m; ++r) row_block<1>(A.data(), sr, sp, bp, ldp, kp, c, ldc, r, n, alpha, accumulate);
+  gemm_bf16_pp(A.data(), sr, sp, bp, ldp, c, ldc, m, n, kp, alpha, accumulate);
 }
 
 void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c, int64_t ldc,
@@ -163,6 +357,12 @@ const Table& table_avx512bf16() {
     x.gemm_bf16 = &gemm_bf16;
     x.pack_bf16_pairs = &pack_bf16_pairs;
     x.gemm_bf16_packed = &gemm_bf16_packed;
+    x.pack_bf16_rows = &pack_bf16_rows;
+    x.pack_bf16_pairs_t = &pack_bf16_pairs_t;
+    x.gemm_bf16_pp = &gemm_bf16_pp;
+    x.softmax_tile_bf16 = &softmax_tile_bf16;
+    x.exp_tile_bf16 = &exp_tile_bf16;
+    x.softmax_grad_tile_bf16 = &softmax_grad_tile_bf16;
     return x;
   }();
   return t;

@@ -120,6 +120,39 @@ struct Table {
   void (*pack_bf16_pairs)(const float* B, int64_t ldb, int64_t k, int64_t n, uint32_t* Bp, int64_t ldp);
   void (*gemm_bf16_packed)(const float* A, int64_t a_rs, int64_t a_cs, const uint32_t* Bp, int64_t ldp, float* C,
                            int64_t ldc, int64_t m, int64_t n, int64_t k, float alpha, bool accumulate);
+  // A packed too, so an A read by many tiles (Q, dO) is rounded once and a
+  // tile's own P and dS are written straight in this layout:
+  //   C[m, n] = alpha · Σ_{p < kp} Ap(r, p) · Bp[p][·]  (+ C when accumulate)
+  // with Ap(r, p) = Ap[r · sr + p · sp] the pair (A[r][2p], A[r][2p+1]). A
+  // row-major A is pack_bf16_rows's layout (sr = its ldp, sp = 1); a
+  // transposed A, Aᵀ = X [k, m], is pack_bf16_pairs of X (sr = 1, sp = its ldp).
+  void (*gemm_bf16_pp)(const uint32_t* Ap, int64_t sr, int64_t sp, const uint32_t* Bp, int64_t ldp, float* C,
+                       int64_t ldc, int64_t m, int64_t n, int64_t kp, float alpha, bool accumulate);
+  // Ap[r][p] = A[r][2p] | A[r][2p+1] << 16, bfloat16 bits, p < ⌈cols/2⌉ (0
+  // partner for an odd cols), row stride ldp >= ⌈cols/2⌉.
+  void (*pack_bf16_rows)(const float* A, int64_t lda, int64_t rows, int64_t cols, uint32_t* Ap, int64_t ldp);
+  // pack_bf16_pairs of Xᵀ, read from X [rows, cols] (row stride ldx):
+  //   Bp[p][j] = X[j][2p] | X[j][2p+1] << 16   (p < ⌈cols/2⌉, j < ⌈rows/16⌉·16; 0 past rows and cols)
+  void (*pack_bf16_pairs_t)(const float* X, int64_t ldx, int64_t rows, int64_t cols, uint32_t* Bp, int64_t ldp);
+  // The softmax part of an attention tile with the bfloat16 table's own exp
+  // (vscalefps; about 1 ulp, like xsimd's), a whole tile per call. One step
+  // of the online softmax over the rows r < nr of x [nr, nc]:
+  //   mx = max(m[r], max_c x[r][c]), NaN if any of them is NaN
+  //   mx = −∞ (nothing visible yet): weights 0, alpha[r] = 1, m[r] and l[r] unchanged
+  //   else: e = exp(x[r] − mx), l[r] = l[r]·alpha[r] + Σ_c e, alpha[r] = exp(m[r] − mx), m[r] = mx
+  // The weights e go to y [nr, nc] as float32 if y is set, else to yb as
+  // bfloat16 in pack_bf16_rows's layout (row stride ldb pairs, 0 partner for
+  // an odd nc): the A operand of P V.
+  void (*softmax_tile_bf16)(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* alpha, float* y,
+                            uint32_t* yb, int64_t ldb);
+  // y[r][c] = exp(x[r][c] − shift[r]) over [nr, nc], with the same exp: the backward's weights.
+  void (*exp_tile_bf16)(const float* x, int64_t nr, int64_t nc, const float* shift, float* y);
+  // softmax_grad over a tile [nr, nc] (in place: dS holds dP on entry), and
+  // the bfloat16 copies the tile's products read, in the same pass: dS by
+  // rows into dSr (pack_bf16_rows's layout, row stride ldr) and P and dS as
+  // pairs of rows into Pt and dSt (pack_bf16_pairs's, row stride ldt >= ⌈nc/16⌉·16).
+  void (*softmax_grad_tile_bf16)(const float* P, float* dS, const float* delta, int64_t nr, int64_t nc, uint32_t* dSr,
+                                 int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by

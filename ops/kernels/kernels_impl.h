@@ -587,7 +587,9 @@ Table make_table(const char* name) {
                &sum<A>,       &sum_squares<A>,  &max<A>,          &softmax<A>,          &softmax_backward<A>,
                &logsumexp<A>, &softmax_minus<A>, &exp_sum<A>, &softmax_grad<A>, &norm<A>,            &norm_backward<A>,
                &norm_param_grads<A>, &gemm<A>,   &adam_update<A>,     &sgd_update<A>,
-               &to_bf16<A>,   &round_bf16<A>,      nullptr,             nullptr,           nullptr};
+               &to_bf16<A>,   &round_bf16<A>,      nullptr,             nullptr,           nullptr,
+               nullptr,       nullptr,             nullptr,             nullptr,           nullptr,
+               nullptr};
 }
 
 }  // namespace
