@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,6 +37,13 @@ CASES = {  # name: dim, depth, heads, dim_head, ff_mult, batch, seq, rotary
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def peak_rss_mb():
+    # VmHWM, the peak of this memory image (ru_maxrss would survive exec and start at the parent's size)
+    with open("/proc/self/status") as f:
+        kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    return kb * 1024 / 1e6
 
 
 def run_torch(case, threads):
@@ -128,7 +134,7 @@ def run_torch(case, threads):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3 - before
+    peak = peak_rss_mb() - before
     fwd = []
     with torch.no_grad():
         for _ in range(steps):

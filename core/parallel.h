@@ -54,7 +54,9 @@ void parallel_for(int64_t n, int64_t work_per_item, F&& f) {
 // GOMP_SPINCOUNT nor KMP_BLOCKTIME is set, re-executes the program with
 // OMP_WAIT_POLICY=passive (runtimes read it once, when loaded);
 // LOOM_KEEP_OPENMP_WAIT=1 skips this. The loom CLI, loom-bench and the
-// examples do; a program linking loom may do the same or set it itself.
+// examples do (except `loom train` without OMP_NUM_THREADS, and loom-bench's
+// train suite: they keep spinning and use StepThreads below); a program
+// linking loom may do the same or set it itself.
 void openmp_wait_defaults(char** argv);
 
 // StepThreads: the thread count for a step run many times over (a training
