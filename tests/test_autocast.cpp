@@ -345,7 +345,7 @@ TEST_CASE("bfloat16 attention kernels: the packings, the product of two packed o
           CHECK(std::abs(l[size_t(r)] - lw) <= 1e-6 * lw);
         }
         for (int64_t q = 0; q < ldb; ++q) {  // the packed weights: y rounded, a 0 partner, nothing past
-          const float lo = y[size_t(r * nc + 2 * q)] * (2 * q < nc), hi = 2 * q + 1 < nc ? y[size_t(r * nc + 2 * q + 1)] : 0.0f;
+          const float lo = 2 * q < nc ? y[size_t(r * nc + 2 * q)] : 0.0f, hi = 2 * q + 1 < nc ? y[size_t(r * nc + 2 * q + 1)] : 0.0f;
           REQUIRE(yb[size_t(r * ldb + q)] == (q >= (nc + 1) / 2 ? 0xdeadbeefu : pair_ref(lo, hi)));
         }
         shift[size_t(r)] = float(mx);
