@@ -3,6 +3,10 @@
 // four variants: plain, key-padding mask, (h, i, j) bias, selective (causal).
 //   fwd_ms, fwdbwd_ms          time, against the naive op
 //   fwd_gflops                 4·b·h·i·j·d / forward time (the two products)
+//   fwdbwd_gflops              the seven products of forward + backward (forward 2, backward 5
+//                              with the recompute of the weights), 14·b·h·i·j·d (half of the
+//                              j for causal), per second; against the FMA peak measured in the
+//                              same run (benchmarks/peak.cpp): ratio = fraction of peak
 //   fwd_peak_extra_bytes       peak tensor memory during the forward above
 //                              what existed before, against the naive op
 // seqN_{plain,causal}_bf16: the fused op under bfloat16 autocast against the
@@ -12,6 +16,8 @@
 #include <cstdio>
 #include <string>
 
+#include <omp.h>
+
 #include <loom/loom.h>
 #include <loom/ops/kernels/kernels.h>
 
@@ -19,6 +25,9 @@
 #include "bench.h"
 
 namespace loom::bench {
+
+double peak_gflops(int threads);
+std::string peak_isa();
 
 namespace {
 
@@ -40,6 +49,7 @@ int64_t peak_extra(const std::function<void()>& f) {
 void attention_suite(Reporter& rep) {
   manual_seed(0);
   const int64_t B = 1, H = 8, D = 64;
+  double peak = 0;  // probed on first use, at the thread count in use
   for (int64_t n : {256, 512, 1024, 2048, 4096}) {
     for (const Variant& var : {Variant{"plain", false, false, false}, Variant{"mask", true, false, false},
                                Variant{"bias", false, true, false}, Variant{"selective", false, false, true}}) {
@@ -66,6 +76,10 @@ void attention_suite(Reporter& rep) {
       const double both = time_ms(fused_fwdbwd, repeat);
       const double naive_both = n >= 4096 ? time_ms(naive_fwdbwd, 1) : time_ms(naive_fwdbwd, repeat);
       rep.add({"", name, "fwdbwd_ms", "ms", "naive", both, naive_both, false});
+      if (peak == 0) peak = peak_gflops(omp_get_max_threads());
+      const double keys = o.causal ? (double(n) + 1) / 2 : double(n);  // keys a query sees, on average
+      rep.add({"", name, "fwdbwd_gflops", "GFLOP/s", "fma_peak_" + peak_isa(), 14.0 * B * H * n * keys * D / (both * 1e6),
+               peak, true});
     }
   }
   bool said = false;
