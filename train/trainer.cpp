@@ -67,7 +67,7 @@ void on_every_openmp_thread(void (*f)(void*), void* arg) {
 struct StopSignals {
   using Handler = void (*)(int);
   Handler previous_int, previous_term;
-  sigset_t set;
+  sigset_t set, previous_mask;
   std::atomic<bool> done{false};
   std::thread waiter;
   static void block(void* set) { pthread_sigmask(SIG_BLOCK, static_cast<sigset_t*>(set), nullptr); }
@@ -79,7 +79,7 @@ struct StopSignals {
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
-    block(&set);
+    pthread_sigmask(SIG_BLOCK, &set, &previous_mask);
     on_every_openmp_thread(block, &set);
     waiter = std::thread([this] {  // inherits the blocked signals, as sigtimedwait needs
       pthread_setname_np(pthread_self(), "loom-signals");
@@ -94,7 +94,7 @@ struct StopSignals {
     done = true;
     waiter.join();
     on_every_openmp_thread(unblock, &set);
-    unblock(&set);  // a signal that came meanwhile is handled now, by on_signal
+    pthread_sigmask(SIG_SETMASK, &previous_mask, nullptr);  // a signal that came meanwhile is handled now
     std::signal(SIGINT, previous_int);
     std::signal(SIGTERM, previous_term);
   }
