@@ -214,6 +214,10 @@ loom::Precision precision_flag(const std::map<std::string, std::string>& f) {
   }
 }
 
+// `loom train` picks its thread count by timing steps unless OMP_NUM_THREADS
+// fixes it (core/parallel.h, StepThreads); it then keeps spinning OpenMP waits.
+bool train_adapts_threads() { return std::getenv("OMP_NUM_THREADS") == nullptr; }
+
 int train(int argc, char** argv) {
   auto f = parse_flags(argc, argv, 2,
                        {"config", "data", "out", "steps", "batch-size", "seq-len", "grad-accum", "lr", "min-lr", "warmup",
@@ -249,9 +253,7 @@ int train(int argc, char** argv) {
     std::printf("model: %lld parameters; data: %zu files, %zu bytes train, %zu held out\n",
                 static_cast<long long>(model.module().num_parameters()), corpus.files.size(), corpus.train.size(),
                 corpus.val.size());
-  // Threads: as OMP_NUM_THREADS says, or else chosen by timing steps (an idle
-  // machine keeps all cores; a busy one gets fewer; core/parallel.h).
-  tc.adapt_threads = std::getenv("OMP_NUM_THREADS") == nullptr;
+  tc.adapt_threads = train_adapts_threads();
   loom::TrainResult r = loom::train_language_model(model, config_text, corpus, tc, f.count("resume") > 0);
   if (main_rank)
     std::printf("done: step %lld, held-out loss %.4f (%.3f bits per character); %.1f ms per step (%s), %.0f tokens/s "
@@ -473,10 +475,8 @@ int failed(const std::string& command, const char* what) {
 
 int main(int argc, char** argv) {
   // Robust on a busy machine (core/parallel.h): passive OpenMP waits, except
-  // for a `loom train` that picks its thread count by timing its steps
-  // (OMP_NUM_THREADS unset): it keeps the fast spinning waits.
-  if (!(argc > 1 && std::string(argv[1]) == "train" && !std::getenv("OMP_NUM_THREADS")))
-    loom::openmp_wait_defaults(argv);
+  // for a `loom train` that picks its thread count by timing its steps.
+  if (!(argc > 1 && std::string(argv[1]) == "train" && train_adapts_threads())) loom::openmp_wait_defaults(argv);
   loom::dist::init(argc, argv);  // MPI when started by mpirun; else a world of one
   const std::string command = argc > 1 ? argv[1] : "";
   const char* usage = command == "train"      ? kTrainUsage

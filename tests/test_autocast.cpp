@@ -172,14 +172,20 @@ std::pair<double, double> relative_errors(const Tensor& got, const Tensor& want)
   }
   return {std::sqrt(diff2 / std::max(ref2, 1e-300)), diff_max / std::max(ref_max, 1e-300)};
 }
+// The kernel table with bfloat16 tiles (avx512bf16: gemm_bf16 and the
+// attention's packed kernels), or null on a CPU without AVX512-BF16.
+const kernels::Table* bf16_table() {
+  const kernels::Table* bf = nullptr;
+  for_each_isa([&](const std::string&) {
+    if (kernels::table().gemm_bf16 && kernels::table().gemm_bf16_pp) bf = &kernels::table();
+  });
+  return bf;
+}
 }  // namespace
 
 TEST_CASE("bfloat16 tile product: every operand layout against a double product of the rounded inputs") {
   // Only the avx512bf16 table has it (CPUs with AVX512-BF16).
-  const kernels::Table* bf = nullptr;
-  for_each_isa([&](const std::string&) {
-    if (kernels::table().gemm_bf16) bf = &kernels::table();
-  });
+  const kernels::Table* bf = bf16_table();
   if (!bf) {
     MESSAGE("this CPU has no AVX512-BF16: no bfloat16 tile product to test (autocast attention runs in float32)");
     return;
@@ -223,10 +229,7 @@ TEST_CASE("bfloat16 tile product: every operand layout against a double product 
 
 TEST_CASE("bfloat16 attention kernels: the packings, the product of two packed operands, the softmax tiles") {
   // Only the avx512bf16 table has them; ops/attention.cpp uses them under autocast.
-  const kernels::Table* bf = nullptr;
-  for_each_isa([&](const std::string&) {
-    if (kernels::table().gemm_bf16_pp) bf = &kernels::table();
-  });
+  const kernels::Table* bf = bf16_table();
   if (!bf) {
     MESSAGE("this CPU has no AVX512-BF16: no bfloat16 attention kernels to test");
     return;

@@ -490,6 +490,10 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
 
   const int64_t last_step = tc.stop_after > 0 ? std::min(tc.steps, step + tc.stop_after) : tc.steps;
   const int max_threads = omp_get_max_threads();
+  struct RestoreThreads {  // however the run ends, a probe's count does not outlive it
+    int count;
+    ~RestoreThreads() { omp_set_num_threads(count); }
+  } restore_threads{max_threads};
   std::optional<StepThreads> threads;
   if (tc.adapt_threads && ranks == 1) threads.emplace(max_threads);
   while (step < last_step && !stop) {
@@ -593,7 +597,6 @@ TrainResult train_language_model(const LoadedModel& model, const std::string& co
   result.signal = stop;
   result.threads = threads ? threads->current() : max_threads;
   result.thread_switches = threads ? threads->switches() : 0;
-  if (threads) omp_set_num_threads(max_threads);
   result.seconds_per_step = step_seconds / double(std::max<int64_t>(1, step - first_step));
   result.peak_memory_bytes = max_memory_allocated();
   return result;
