@@ -65,8 +65,14 @@ void attention_suite(Reporter& rep) {
       const Tensor dout = randn({B, H, n, D});
       auto fused_fwd = [&] { NoGradGuard g; attention(q, k, v, o); };
       auto naive_fwd = [&] { NoGradGuard g; reference::naive_attention(q, k, v, o); };
-      auto fused_fwdbwd = [&] { attention(q, k, v, o).backward(dout); };
-      auto naive_fwdbwd = [&] { reference::naive_attention(q, k, v, o).backward(dout); };
+      // Each step starts with no gradients, as after a training loop's zero_grad() (set to none):
+      // the first gradient is taken, not added to an old one.
+      auto no_grads = [&] {
+        for (const Tensor& t : {q, k, v, o.bias})
+          if (t.defined()) t.mutable_grad() = Tensor();
+      };
+      auto fused_fwdbwd = [&] { no_grads(), attention(q, k, v, o).backward(dout); };
+      auto naive_fwdbwd = [&] { no_grads(), reference::naive_attention(q, k, v, o).backward(dout); };
       const double fwd = time_ms(fused_fwd, repeat), naive_f = time_ms(naive_fwd, repeat);
       rep.add({"", name, "fwd_ms", "ms", "naive", fwd, naive_f, false});
       rep.add({"", name, "fwd_gflops", "GFLOP/s", "naive", 4.0 * B * H * n * n * D / (fwd * 1e6),

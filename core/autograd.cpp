@@ -77,10 +77,20 @@ void check_inplace(const char* op, const Tensor& t) {
 }
 
 namespace {
-// A leaf's .grad(): the first gradient is copied in, later ones are added.
-void accumulate_into_leaf(TensorImpl& leaf, const Tensor& g) {
-  if (!leaf.grad.defined()) leaf.grad = g.clone();
-  else leaf.grad.add_(g);
+// A leaf's .grad(): the first gradient is taken, later ones are added. It is
+// taken as it is when nothing else can see its memory (no other handle or
+// view: a later add_ or an optimizer's in-place update would change them
+// too), else copied, as PyTorch's AccumulateGrad does. Taking it saves a
+// copy of every parameter's gradient in every step.
+void accumulate_into_leaf(TensorImpl& leaf, Tensor g) {
+  if (leaf.grad.defined()) {
+    leaf.grad.add_(g);
+    return;
+  }
+  const bool alone = g.impl_ptr().use_count() == 1 && g.impl()->storage.use_count() == 1 && !g.requires_grad() &&
+                     g.is_contiguous() && g.impl()->offset == 0 &&
+                     g.impl()->storage->nbytes() == size_t(g.numel()) * element_size(g.dtype());
+  leaf.grad = alone ? std::move(g) : g.clone();
 }
 }  // namespace
 
@@ -154,8 +164,9 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph)
         if (!e.needs_grad() || !grads[i].defined()) continue;
         // Broadcasting in the forward means summing in the backward.
         Tensor g = sum_to(grads[i], e.shape);
+        grads[i] = Tensor();  // (a gradient no one else holds can then be taken, not copied)
         if (e.leaf) {
-          accumulate_into_leaf(*e.leaf, g);
+          accumulate_into_leaf(*e.leaf, std::move(g));
         } else {
           Tensor& slot = pending[e.node.get()];
           slot = slot.defined() ? add(slot, g) : g;

@@ -3,6 +3,7 @@
 #include <loom/core/tensor.h>
 
 #include <cmath>
+#include <cstring>
 
 #include <loom/core/autograd.h>
 #include <loom/core/generator.h>
@@ -148,6 +149,14 @@ void strided_copy(const Tensor& dst, const Tensor& src) {
       parallel_for_each_run<2>(dst.sizes(), {static_cast<char*>(dst.raw_data()), static_cast<char*>(src.raw_data())},
                       {byte_strides(dst), byte_strides(src)}, 1,
                       [](char* const* p, const int64_t* st, int64_t n) {
+                        if (st[0] == int64_t(sizeof(D)) && st[1] == int64_t(sizeof(S))) {  // a contiguous run
+                          D* d = reinterpret_cast<D*>(p[0]);
+                          const S* s = reinterpret_cast<const S*>(p[1]);
+                          if constexpr (std::is_same_v<D, S>) std::memcpy(d, s, size_t(n) * sizeof(D));
+                          else
+                            for (int64_t i = 0; i < n; ++i) d[i] = convert<D>(s[i]);
+                          return;
+                        }
                         for (int64_t i = 0; i < n; ++i)
                           *reinterpret_cast<D*>(p[0] + i * st[0]) =
                               convert<D>(*reinterpret_cast<const S*>(p[1] + i * st[1]));
@@ -202,6 +211,11 @@ const Tensor& Tensor::fill_(double value) const {
     T v = convert<T>(value);
     for_each_run<1>(sizes(), {static_cast<char*>(raw_data())}, {byte_strides(*this)},
                     [v](char* const* p, const int64_t* st, int64_t n) {
+                      if (st[0] == int64_t(sizeof(T))) {  // a contiguous run: std::fill (memset, or vector stores)
+                        T* d = reinterpret_cast<T*>(p[0]);
+                        std::fill(d, d + n, v);
+                        return;
+                      }
                       for (int64_t i = 0; i < n; ++i) *reinterpret_cast<T*>(p[0] + i * st[0]) = v;
                     });
   });

@@ -298,7 +298,10 @@ Tensor sum_to(const Tensor& a, const Shape& shape) {
   size_t lead = size_t(a.dim()) - shape.size();
   Shape dims;
   for (size_t d = 0; d < size_t(a.dim()); ++d) {
-    if (d < lead) { dims.push_back(int64_t(d)); continue; }
+    if (d < lead) {  // a leading dim of size 1 needs no sum: the reshape drops it
+      if (a.sizes()[d] != 1) dims.push_back(int64_t(d));
+      continue;
+    }
     int64_t want = shape[d - lead];
     LOOM_CHECK(want == a.sizes()[d] || want == 1, "sum_to: cannot sum shape ", a.sizes(), " down to ", shape);
     if (want == 1 && a.sizes()[d] != 1) dims.push_back(int64_t(d));

@@ -35,14 +35,18 @@ Made make_case(const Case& c, uint64_t seed) {
   m.k = randn({B, G, J, D}, g).requires_grad_();
   m.v = randn({B, G, J, Dv}, g).requires_grad_();
   if (c.mask == "key_padding") {
-    // Sample 0 loses every third key; sample 1 loses all: its outputs must be 0.
+    // Sample 0 loses every third key and the whole second key block (a tile
+    // the kernel skips); sample 1 loses all: its outputs must be 0.
     std::vector<bool> keep;
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < J; ++j) keep.push_back(b == 0 && j % 3 != 0);
+      for (int64_t j = 0; j < J; ++j) keep.push_back(b == 0 && j % 3 != 0 && j < 64);
     m.o.key_padding_mask = tensor(keep).view({B, J});
   } else if (c.mask == "full") {
     Tensor full = lt(rand({B, H, I, J}, g), scalar_tensor(0.7));
     full.select(0, 1).select(0, 2).select(0, 5).fill_(0);  // one row with nothing to attend to
+    // A hidden 64 × 64 tile (skipped) before visible keys, in the sample that
+    // writes a shared bias's gradient first.
+    full.select(0, 0).select(0, 1).narrow(0, 0, std::min<int64_t>(I, 64)).narrow(1, 0, 64).fill_(0);
     m.o.attn_mask = full;
   } else if (c.mask == "causal") {
     m.o.causal = true;
