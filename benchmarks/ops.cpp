@@ -16,6 +16,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include <loom/loom.h>
+#include <loom/ops/kernels/kernels.h>
 
 #include "bench.h"
 
@@ -79,6 +80,16 @@ void elementwise_cases(Reporter& rep) {
   add_case("relu_16M", 2 * mb, [&] { relu(a); });
   add_case("exp_16M", 2 * mb, [&] { exp(a); });
   add_case("gelu_16M", 2 * mb, [&] { gelu(a); });
+  // The gelu gradient kernel as autograd runs it (ops/elementwise.cpp): reads x and g, writes dx.
+  add_case("gelu_backward_16M", 3 * mb, [&] {
+    Tensor dx = empty({n});
+    const float *xp = a.data_ptr<float>(), *gp = b.data_ptr<float>();
+    float* dp = dx.data_ptr<float>();
+    parallel_for(n, 8, [&](int64_t begin, int64_t end) {
+      kernels::table().unary_backward(kernels::UnaryOp::GeluErf, xp + begin, xp + begin, gp + begin, dp + begin,
+                                      end - begin);
+    });
+  });
   add_case("sum_16M", mb, [&] { sum(a); });
   Tensor m = a.view({4096, 4096});
   add_case("sum_rows_4096x4096", mb, [&] { m.sum({1}); });
