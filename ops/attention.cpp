@@ -355,26 +355,13 @@ void forward(const Problem& p, float* out, float* lse) {
             }
           }
         } else {
-          for (int64_t r = 0; r < nr; ++r) {
-            float* s = t.S.data() + r * nc;
-            float* pr = t.P.data() + r * nc;
-            // k.max is NaN if any logit is; NaN then stays in m, l and O, as
-            // softmax of a row with a NaN is NaN (std::max alone would drop it).
-            const float tile_max = k.max(s, nc), m_old = m[size_t(r)];
-            const float m_new = std::isnan(tile_max) || std::isnan(m_old) ? NAN : std::max(m_old, tile_max);
-            if (m_new == -kInf) {  // nothing visible yet in this row
-              std::fill(pr, pr + nc, 0.0f);
-              continue;
-            }
-            const float alpha = std::exp(m[size_t(r)] - m_new);  // rescales what was summed so far
-            const float rowsum = k.exp_sum(s, m_new, pr, nc);    // pr = exp(s − m_new), one vector pass
-            l[size_t(r)] = l[size_t(r)] * alpha + rowsum;
-            m[size_t(r)] = m_new;
-            if (alpha != 1.0f)
-              for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] *= alpha;
-            if (p.dropout > 0)
-              for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
-          }
+          // The tile's softmax step in one kernel call: weights into t.P,
+          // O's rows rescaled. A NaN logit makes its row's m, l and O NaN,
+          // as softmax of a row with a NaN is NaN.
+          k.softmax_tile(t.S.data(), nr, nc, m.data(), l.data(), t.P.data(), O, p.Dv);
+          if (p.dropout > 0)
+            for (int64_t r = 0; r < nr; ++r)
+              for (int64_t c = 0; c < nc; ++c) t.P[size_t(r * nc + c)] *= p.keep(b, h, r0 + r, c0 + c);
         }
         const float* V = p.v + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.Dv;
         product(p, t.P.data(), nc, 1, t.Pr.data(), kHalf, 1, V, p.Dv, p.vp, b * p.G + p.kv_head(h), c0, 0, O, p.Dv, nr,
@@ -446,12 +433,10 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
   const int64_t nr = r1 - r0, nc = c1 - c0;
   logits_tile(p, t, b, h, r0, r1, c0, c1, true);
   const float* L = g.lse + (b * p.H + h) * p.I + r0;
-  // P = exp(S − lse), with the forward's exp (the bfloat16 table has its own)
-  if (p.bf16) k.exp_tile_bf16(t.S.data(), nr, nc, L, t.P.data());
-  for (int64_t r = 0; r < nr; ++r) {
-    if (!p.bf16) k.softmax_minus(t.S.data() + r * nc, L[r], 1.0f, 0.0f, t.P.data() + r * nc, nc);
+  // P = exp(S − lse), with the forward's exp (softmax_tile's)
+  k.exp_tile(t.S.data(), nr, nc, L, t.P.data());
+  for (int64_t r = 0; r < nr; ++r)
     if (std::isnan(L[r])) masked_to_zero(t.S.data() + r * nc, t.P.data() + r * nc, nc);
-  }
   // dP = dO Vᵀ
   const float* VT = p.vT ? p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.JT + c0 : nullptr;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;

@@ -8,6 +8,7 @@
 
 #include "attention_reference.h"
 #include "helpers.h"
+#include <loom/ops/kernels/kernels.h>
 
 using namespace loom;
 using loom::reference::naive_attention;
@@ -350,5 +351,86 @@ TEST_CASE("attention propagates NaN in q, k, v, bias and positions as the naive 
     m.o.bias = alibi.forward(from_vector(pos, {B, J})).detach().requires_grad_();  // (b, h, n, n)
     std::vector<float> out = compare(m, true);
     CHECK(any_nan(row(out, 0, 30)));  // position 30's own row sees only NaN distances
+  }
+}
+
+TEST_CASE("softmax_tile and exp_tile, the attention tile's softmax kernels, against double at this ISA") {
+  // With masked logits, a row with nothing visible, a NaN row and running
+  // statistics from an earlier tile; the output rows rescaled (or not).
+  const kernels::Table& k = kernels::table();
+  CAPTURE(k.name);
+  Generator g(5);
+  for (int64_t nr : {64, 17, 1})
+    for (int64_t nc : {64, 33, 1, 17})
+      for (int64_t dv : {64, 12}) {
+        INFO("nr ", nr, " nc ", nc, " dv ", dv);
+        std::vector<float> x = (randn({nr * nc}, g) * 3.0f).to_vector<float>();
+        std::vector<float> m0(static_cast<size_t>(nr)), l0(static_cast<size_t>(nr));
+        for (int64_t r = 0; r < nr; ++r) {
+          x[size_t(r * nc + r % nc)] = -INFINITY;                             // a masked key
+          m0[size_t(r)] = r % 3 == 0 ? -INFINITY : r % 3 == 1 ? 2.0f : 9.0f;  // none yet, below, above the row
+          l0[size_t(r)] = r % 3 == 0 ? 0.0f : 1.5f;
+        }
+        if (nr > 3) {
+          for (int64_t c = 0; c < nc; ++c) x[size_t(1 * nc + c)] = -INFINITY;  // nothing visible: row 1 has m 2
+          for (int64_t c = 0; c < nc; ++c) x[size_t(3 * nc + c)] = -INFINITY;  // row 3 has m −∞: stays so
+          x[size_t(2 * nc)] = NAN;
+        }
+        const std::vector<float> o0 = randn({nr * dv}, g).to_vector<float>();
+        std::vector<float> m = m0, l = l0, y(static_cast<size_t>(nr * nc), 7.0f), o = o0;
+        k.softmax_tile(x.data(), nr, nc, m.data(), l.data(), y.data(), o.data(), dv);
+        for (int64_t r = 0; r < nr; ++r) {
+          INFO("row ", r);
+          double mx = m0[size_t(r)];
+          bool nan = false;
+          for (int64_t c = 0; c < nc; ++c)
+            mx = std::max(mx, double(x[size_t(r * nc + c)])), nan = nan || std::isnan(x[size_t(r * nc + c)]);
+          if (nan) {
+            CHECK(std::isnan(m[size_t(r)]));
+            CHECK(std::isnan(l[size_t(r)]));
+            CHECK(std::isnan(o[size_t(r * dv)]));
+            continue;
+          }
+          if (mx == -INFINITY) {  // nothing visible yet: weights 0, statistics and output unchanged
+            CHECK(m[size_t(r)] == -INFINITY);
+            CHECK(l[size_t(r)] == 0.0f);
+            for (int64_t c = 0; c < nc; ++c) CHECK(y[size_t(r * nc + c)] == 0.0f);
+            for (int64_t d = 0; d < dv; ++d) CHECK(o[size_t(r * dv + d)] == o0[size_t(r * dv + d)]);
+            continue;
+          }
+          CHECK(m[size_t(r)] == float(mx));
+          const double a = std::exp(double(m0[size_t(r)] - float(mx)));
+          double sum = 0;
+          for (int64_t c = 0; c < nc; ++c) {
+            const double want = std::exp(double(x[size_t(r * nc + c)] - float(mx)));  // exactly 0 when masked
+            sum += want;
+            REQUIRE(std::abs(y[size_t(r * nc + c)] - want) <= 3e-7 * want);
+          }
+          const double lw = double(l0[size_t(r)]) * a + sum;
+          CHECK(std::abs(l[size_t(r)] - lw) <= 1e-6 * lw);
+          for (int64_t d = 0; d < dv; ++d) {
+            const double want = double(o0[size_t(r * dv + d)]) * a;
+            REQUIRE(std::abs(o[size_t(r * dv + d)] - want) <= 4e-7 * std::abs(want) + 1e-37);
+          }
+        }
+        // exp_tile: the backward's weights exp(x − lse)
+        std::vector<float> shift(static_cast<size_t>(nr)), e(static_cast<size_t>(nr * nc));
+        for (int64_t r = 0; r < nr; ++r) shift[size_t(r)] = float(r) * 0.5f - 3.0f;
+        k.exp_tile(x.data(), nr, nc, shift.data(), e.data());
+        for (int64_t i = 0; i < nr * nc; ++i) {
+          const double want = std::exp(double(x[size_t(i)] - shift[size_t(i / nc)]));
+          if (std::isnan(want)) REQUIRE(std::isnan(e[size_t(i)]));
+          else REQUIRE(std::abs(e[size_t(i)] - want) <= 3e-7 * want);
+        }
+      }
+  // Past the float range: e^x underflows through the subnormals to 0 and overflows to inf.
+  std::vector<float> xs = {-87.0f, -90.0f, -100.0f, -103.9f, -104.0f, -200.0f, -INFINITY, 88.0f, 88.7f, 89.0f, 100.0f, INFINITY};
+  std::vector<float> zero(xs.size(), 0.0f), e(xs.size());
+  k.exp_tile(xs.data(), 1, int64_t(xs.size()), zero.data(), e.data());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    INFO("x ", xs[i]);
+    const double want = std::exp(double(xs[i]));
+    if (want > 3.4028234663852886e38) CHECK(std::isinf(e[i]));
+    else CHECK(std::abs(e[i] - want) <= 3e-7 * want + 1.5e-45);  // within a subnormal step
   }
 }

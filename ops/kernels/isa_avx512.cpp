@@ -6,9 +6,37 @@
 #endif
 #include "kernels_impl.h"
 
+#include <loom/ops/kernels/avx512_tiles.h>
+
 namespace loom::kernels {
+namespace {
+// The attention tile's online-softmax step in float32 (kernels.h), 16 rows
+// at a time by avx512_tiles.h's kernel, then those rows of o rescaled.
+void softmax_tile_avx512(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* y, float* o, int64_t dv) {
+  for (int64_t r0 = 0; r0 < nr; r0 += 16) {
+    const int64_t rows = std::min<int64_t>(16, nr - r0);
+    alignas(64) float alpha[16];
+    avx512::softmax_tile_rows<false>(x + r0 * nc, rows, nc, m + r0, l + r0, alpha, y + r0 * nc, nullptr, 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (alpha[r] == 1.0f) continue;
+      float* orow = o + (r0 + r) * dv;
+      const __m512 a = _mm512_set1_ps(alpha[r]);
+      for (int64_t d = 0; d < dv; d += 16) {
+        const __mmask16 mask = avx512::first(dv - d);
+        _mm512_mask_storeu_ps(orow + d, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, orow + d), a));
+      }
+    }
+  }
+}
+}  // namespace
+
 const Table& table_avx512() {
-  static const Table t = make_table<xsimd::avx512bw>("avx512");
+  static const Table t = [] {
+    Table x = make_table<xsimd::avx512bw>("avx512");
+    x.softmax_tile = &softmax_tile_avx512;
+    x.exp_tile = &avx512::exp_tile;
+    return x;
+  }();
   return t;
 }
 }  // namespace loom::kernels

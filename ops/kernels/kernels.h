@@ -63,10 +63,22 @@ struct Table {
   float (*logsumexp)(const float* x, int64_t n);
   // dx = scale * (exp(x - lse) - offset): the softmax part of cross_entropy's gradient.
   void (*softmax_minus)(const float* x, float lse, float scale, float offset, float* dx, int64_t n);
-  // y = exp(x - shift), returning Σ y (summed in 16 lanes, then the lanes in
-  // order: the same on every ISA): an online-softmax row's weights and their
-  // sum in one pass (ops/attention.cpp).
+  // y = exp(x - shift), returning Σ y (summed in 16 lanes, then the lanes
+  // as a fixed tree: the same on every ISA): an online-softmax row's weights
+  // and their sum in one pass (ops/attention.cpp).
   float (*exp_sum)(const float* x, float shift, float* y, int64_t n);
+  // One step of an attention tile's online softmax over the rows r < nr of
+  // x [nr, nc], float32, with exp_sum's exp and sums:
+  //   mx = max(m[r], max_c x[r][c]), NaN if any of them is NaN
+  //   mx = −∞ (nothing visible yet): weights 0, m[r], l[r] and o's row unchanged
+  //   else: y[r] = exp(x[r] − mx), a = exp(m[r] − mx), l[r] = l[r]·a + Σ_c y[r][c],
+  //         m[r] = mx, and o's row r (dv floats, row stride dv) times a
+  void (*softmax_tile)(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* y, float* o, int64_t dv);
+  // y[r][c] = exp(x[r][c] − shift[r]) over [nr, nc], with the exp of
+  // softmax_tile (and of softmax_tile_bf16): an attention backward's weights.
+  // On AVX-512 both are ops/kernels/avx512_tiles.h's (exp16), elsewhere
+  // kernels_impl.h's exp_fast.
+  void (*exp_tile)(const float* x, int64_t nr, int64_t nc, const float* shift, float* y);
   // dS = P * (dP - delta), exactly 0 where P is 0 (a masked key's gradient
   // stays 0 even when dP is NaN): softmax's backward inside an attention tile.
   // dS may be dP (in place).
@@ -134,8 +146,8 @@ struct Table {
   // pack_bf16_pairs of Xᵀ, read from X [rows, cols] (row stride ldx):
   //   Bp[p][j] = X[j][2p] | X[j][2p+1] << 16   (p < ⌈cols/2⌉, j < ⌈rows/16⌉·16; 0 past rows and cols)
   void (*pack_bf16_pairs_t)(const float* X, int64_t ldx, int64_t rows, int64_t cols, uint32_t* Bp, int64_t ldp);
-  // The softmax part of an attention tile with the bfloat16 table's own exp
-  // (vscalefps; about 1 ulp, like xsimd's), a whole tile per call. One step
+  // The softmax part of an attention tile with AVX-512's exp16 (vscalefps;
+  // about 1 ulp, like xsimd's), a whole tile per call. One step
   // of the online softmax over the rows r < nr of x [nr, nc]:
   //   mx = max(m[r], max_c x[r][c]), NaN if any of them is NaN
   //   mx = −∞ (nothing visible yet): weights 0, alpha[r] = 1, m[r] and l[r] unchanged
@@ -145,8 +157,6 @@ struct Table {
   // an odd nc): the A operand of P V.
   void (*softmax_tile_bf16)(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* alpha, float* y,
                             uint32_t* yb, int64_t ldb);
-  // y[r][c] = exp(x[r][c] − shift[r]) over [nr, nc], with the same exp: the backward's weights.
-  void (*exp_tile_bf16)(const float* x, int64_t nr, int64_t nc, const float* shift, float* y);
   // softmax_grad over a tile [nr, nc] (in place: dS holds dP on entry), and
   // the bfloat16 copies the tile's products read, in the same pass: dS by
   // rows into dSr (pack_bf16_rows's layout, row stride ldr) and P and dS as

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <immintrin.h>
 
 #include <xsimd/xsimd.hpp>
 
@@ -89,6 +90,61 @@ template <class A>
 inline Batch<A> fmadd(Batch<A> a, Batch<A> b, Batch<A> c) {
   if constexpr (std::is_base_of_v<xsimd::avx512f, A>) return Batch<A>(_mm512_fmadd_ps(a, b, c));
   else return xsimd::fma(a, b, c);
+}
+
+// The 16 lanes of acc[0 .. 16 / W) (lane j in acc[j / W]) reduced as a fixed
+// tree, lane j with lane j + 8, then + 4, + 2, + 1, in registers: the same
+// order, so the same bits, on every ISA, and no scalar reloads of a vector
+// just stored (a store-forwarding stall each, which at attention's 64-wide
+// rows cost more than the row's arithmetic). Max is `op` = true, sum false.
+template <class A>
+inline float tree16(const Batch<A>* acc, bool max) {
+  constexpr int64_t W = Batch<A>::size;
+  auto f128 = [max](__m128 a, __m128 b) { return max ? _mm_max_ps(a, b) : _mm_add_ps(a, b); };
+  __m128 s4;
+  if constexpr (W == 16) {
+    const __m512 v = acc[0];
+    const __m256 lo = _mm512_castps512_ps256(v), hi = _mm512_extractf32x8_ps(v, 1);
+    const __m256 s8 = max ? _mm256_max_ps(lo, hi) : _mm256_add_ps(lo, hi);
+    s4 = f128(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  } else if constexpr (W == 8) {
+    const __m256 a = acc[0], b = acc[1];
+    const __m256 s8 = max ? _mm256_max_ps(a, b) : _mm256_add_ps(a, b);
+    s4 = f128(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  } else {
+    static_assert(W == 4, "tree16: 4, 8 or 16 lanes");
+    s4 = f128(f128(acc[0], acc[2]), f128(acc[1], acc[3]));
+  }
+  const __m128 s2 = f128(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(f128(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+// e^x, Cephes' expf as the bfloat16 table's exp16 but in xsimd, for every
+// ISA: x = n ln 2 + r, |r| <= ln 2 / 2 (ln 2 in two parts, so r is exact),
+// e^r = 1 + r + r^2 poly(r), times 2^n as two powers of two (each a normal
+// float, so results below 2^-126 come out subnormal and e^89 infinite, as
+// they should). About 1 ulp, like xsimd::exp, in about half its
+// instructions and with fused multiply-adds on AVX-512 (xsimd 8.1's are
+// not). x is clamped to [-104, 89] first (e^-104 is 0 in float, e^89 is
+// inf); min and max keep a NaN.
+template <class A>
+inline Batch<A> exp_fast(Batch<A> x) {
+  using B = Batch<A>;
+  using I = xsimd::batch<int32_t, A>;
+  const B magic(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  x = xsimd::min(B(89.0f), xsimd::max(B(-104.0f), x));
+  const B y = fmadd<A>(x, B(1.44269504088896341f), magic), n = y - magic;
+  B r = fmadd<A>(n, B(-0.693359375f), x);
+  r = fmadd<A>(n, B(2.12194440e-4f), r);
+  B p = fmadd<A>(B(1.9875691500e-4f), r, B(1.3981999507e-3f));
+  p = fmadd<A>(p, r, B(8.3334519073e-3f));
+  p = fmadd<A>(p, r, B(4.1665795894e-2f));
+  p = fmadd<A>(p, r, B(1.6666665459e-1f));
+  p = fmadd<A>(p, r, B(5.0000001201e-1f));
+  p = fmadd<A>(p, r * r, r + B(1.0f));
+  const I k = xsimd::bitwise_cast<I>(y) - xsimd::bitwise_cast<I>(magic);  // n in [-150, 129]
+  const I k1 = k >> 1, k2 = k - k1;
+  return p * xsimd::bitwise_cast<B>((k1 + I(127)) << 23) * xsimd::bitwise_cast<B>((k2 + I(127)) << 23);
 }
 
 // Phi(x), the standard normal CDF, and phi(x), its density, for GELU (erf).
@@ -286,16 +342,17 @@ float max(const float* x, int64_t n) {
     m = xsimd::max(m, v);
   }
   alignas(64) float buf[W];
-  for (int64_t j = 0; j < W; ++j) buf[j] = neg_inf;
-  for (int64_t j = 0; i + j < n; ++j) buf[j] = x[i + j];
-  B v = B::load_aligned(buf);
-  nan = nan | xsimd::isnan(v);
-  m = xsimd::max(m, v);
+  if (i < n) {  // the tail, padded with −∞
+    for (int64_t j = 0; j < W; ++j) buf[j] = neg_inf;
+    for (int64_t j = 0; i + j < n; ++j) buf[j] = x[i + j];
+    B v = B::load_aligned(buf);
+    nan = nan | xsimd::isnan(v);
+    m = xsimd::max(m, v);
+  }
   if (xsimd::any(nan)) return __builtin_nanf("");
-  m.store_aligned(buf);
-  float best = buf[0];
-  for (int64_t j = 1; j < W; ++j) best = buf[j] > best ? buf[j] : best;
-  return best;
+  B lanes[16 / W];
+  for (int64_t j = 0; j < 16 / W; ++j) lanes[j] = m;
+  return tree16<A>(lanes, true);
 }
 
 // sum(x[i] * y[i]) in float batches (used inside one row).
@@ -366,7 +423,7 @@ template <class A>
 void softmax_minus(const float* x, float lse, float scale, float offset, float* dx, int64_t n) {
   using B = Batch<A>;
   const B l(lse), s(scale), o(offset);
-  map1<A>(x, dx, n, [=](B v) { return s * (xsimd::exp(v - l) - o); });
+  map1<A>(x, dx, n, [=](B v) { return s * (exp_fast<A>(v - l) - o); });
 }
 
 template <class A>
@@ -385,7 +442,7 @@ float exp_sum(const float* x, float shift, float* y, int64_t n) {
       src = buf;
     }
     for (int64_t j = 0; j < K; ++j) {
-      const B e = xsimd::exp(B::load_unaligned(src + j * W) - sh);
+      const B e = exp_fast<A>(B::load_unaligned(src + j * W) - sh);
       acc[j] += e;
       if (len == L) e.store_unaligned(y + i + j * W);
       else e.store_aligned(buf + j * W);
@@ -393,11 +450,64 @@ float exp_sum(const float* x, float shift, float* y, int64_t n) {
     if (len < L)
       for (int64_t j = 0; j < len; ++j) y[i + j] = buf[j];
   }
-  alignas(64) float lanes[L];
-  for (int64_t j = 0; j < K; ++j) acc[j].store_aligned(lanes + j * W);
-  float total = 0;
-  for (int64_t j = 0; j < L; ++j) total += lanes[j];
-  return total;
+  return tree16<A>(acc, false);
+}
+
+// One step of an attention tile's online softmax (kernels.h), a whole tile
+// per call: per row its max (NaN if any logit is), weights and their sum
+// with exp_sum, and at the end the 16 rows' rescaling factors exp(m − mx)
+// in vectors, applied to their rows of the output accumulator o. (Per-row
+// kernel calls with a scalar exp each and the rescaling compiled for SSE2
+// in ops/attention.cpp cost as much as one of the tile's two products.)
+template <class A>
+void softmax_tile(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* y, float* o, int64_t dv) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size;
+  constexpr int64_t R = 16;
+  alignas(64) float m_old[R], m_new[R], sums[R], alpha[R];
+  for (int64_t r0 = 0; r0 < nr; r0 += R) {
+    const int64_t rows = nr - r0 < R ? nr - r0 : R;
+    for (int64_t i = 0; i < R; ++i) m_old[i] = m_new[i] = -__builtin_inff(), sums[i] = 0.0f;
+    for (int64_t r = r0; r < r0 + rows; ++r) {
+      const float* xr = x + r * nc;
+      float* yr = y + r * nc;
+      const float tile_max = max<A>(xr, nc);
+      const float mo = m[r];
+      const float mx = tile_max != tile_max || mo != mo ? __builtin_nanf("") : (tile_max > mo ? tile_max : mo);
+      m_old[r - r0] = mo, m_new[r - r0] = mx;
+      if (mx == -__builtin_inff()) {  // nothing visible yet in this row: weights 0
+        for (int64_t c = 0; c < nc; ++c) yr[c] = 0.0f;
+        continue;
+      }
+      sums[r - r0] = exp_sum<A>(xr, mx, yr, nc);
+    }
+    for (int64_t i = 0; i < R; i += W) {
+      const B mo = B::load_aligned(m_old + i), mn = B::load_aligned(m_new + i);
+      const auto none = mn == B(-__builtin_inff());
+      xsimd::select(none, B(1.0f), exp_fast<A>(mo - mn)).store_aligned(alpha + i);
+    }
+    for (int64_t r = r0; r < r0 + rows; ++r) {
+      const float a = alpha[r - r0];
+      if (m_new[r - r0] == -__builtin_inff()) continue;  // m and l stay −∞ and 0
+      l[r] = l[r] * a + sums[r - r0];
+      m[r] = m_new[r - r0];
+      if (a == 1.0f) continue;
+      float* orow = o + r * dv;
+      const B av(a);
+      int64_t d = 0;
+      for (; d + W <= dv; d += W) (B::load_unaligned(orow + d) * av).store_unaligned(orow + d);
+      for (; d < dv; ++d) orow[d] *= a;
+    }
+  }
+}
+
+template <class A>
+void exp_tile(const float* x, int64_t nr, int64_t nc, const float* shift, float* y) {
+  using B = Batch<A>;
+  for (int64_t r = 0; r < nr; ++r) {
+    const B sh(shift[r]);
+    map1<A>(x + r * nc, y + r * nc, nc, [=](B v) { return exp_fast<A>(v - sh); });
+  }
 }
 
 template <class A>
@@ -512,7 +622,7 @@ void gemm(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ld
     float* cr = c + r * ldc;
     for (; col + W <= n; col += W) {
       B acc(0.0f);
-      for (int64_t t = 0; t < k; ++t) acc = xsimd::fma(B(ar[t * a_cs]), B::load_unaligned(b + t * ldb + col), acc);
+      for (int64_t t = 0; t < k; ++t) acc = fmadd<A>(B(ar[t * a_cs]), B::load_unaligned(b + t * ldb + col), acc);
       finish(acc, cr + col);
     }
     for (; col < n; ++col) {
@@ -534,7 +644,7 @@ void gemm(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ld
         const float* at = a0 + t * a_cs;
         for (int64_t i = 0; i < R; ++i) {
           const B x(at[i * a_rs]);
-          c0[i] = xsimd::fma(x, b0, c0[i]), c1[i] = xsimd::fma(x, b1, c1[i]);
+          c0[i] = fmadd<A>(x, b0, c0[i]), c1[i] = fmadd<A>(x, b1, c1[i]);
         }
       }
       float* cr = c + r * ldc + col;
@@ -638,11 +748,11 @@ template <class A>
 Table make_table(const char* name) {
   return Table{name,          &unary<A>,        &unary_backward<A>,   &binary<A>,
                &sum<A>,       &sum_squares<A>,  &max<A>,          &softmax<A>,          &softmax_backward<A>,
-               &logsumexp<A>, &softmax_minus<A>, &exp_sum<A>, &softmax_grad<A>, &norm<A>,            &norm_backward<A>,
-               &norm_param_grads<A>, &gemm<A>,   &adam_update<A>,     &sgd_update<A>,
-               &to_bf16<A>,   &round_bf16<A>,      nullptr,             nullptr,           nullptr,
-               nullptr,       nullptr,             nullptr,             nullptr,           nullptr,
-               nullptr};
+               &logsumexp<A>, &softmax_minus<A>, &exp_sum<A>,   &softmax_tile<A>,     &exp_tile<A>,
+               &softmax_grad<A>, &norm<A>,       &norm_backward<A>, &norm_param_grads<A>, &gemm<A>,
+               &adam_update<A>, &sgd_update<A>,  &to_bf16<A>,     &round_bf16<A>,
+               nullptr,       nullptr,          nullptr,          nullptr,              nullptr,
+               nullptr,       nullptr,          nullptr};
 }
 
 }  // namespace
