@@ -1,5 +1,6 @@
 #include <loom/core/storage.h>
 
+#include <sys/mman.h>
 #include <sys/sysinfo.h>
 
 #include <atomic>
@@ -77,6 +78,18 @@ int64_t max_memory_allocated() { return peak_bytes.load(); }
 void reset_peak_memory_stats() { peak_bytes.store(live_bytes.load()); }
 void set_memory_limit(int64_t bytes) { limit_bytes.store(bytes); }
 
+namespace {
+constexpr size_t kHugePage = size_t(2) << 20, kHugeMinBlock = size_t(4) << 20;
+
+void* allocate(size_t align, size_t bytes) {
+  void* p = std::aligned_alloc(align, bytes);
+#ifdef MADV_HUGEPAGE
+  if (p && align == kHugePage) madvise(p, bytes, MADV_HUGEPAGE);  // a hint: refused or not, p works
+#endif
+  return p;
+}
+}  // namespace
+
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   const int64_t limit = limit_bytes.load();
   // More than the machine's RAM and swap can never succeed: refused before
@@ -89,11 +102,20 @@ Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   if (rounded == 0) rounded = kAlignment;
   capacity_ = rounded;
+  // Large blocks in 2 MiB pages where the kernel offers them (transparent
+  // huge pages, "madvise" or "always"): a kernel reading a tile's rows a
+  // row-length apart touches a page per row, and with 4 KiB pages each is a
+  // TLB miss (a costly page walk, more so in a VM). At seq 1024 an
+  // attention bias [h, i, j] cost the forward ~6 ms over none in 4 KiB
+  // pages, ~1 ms in 2 MiB ones.
+  const bool huge = rounded >= kHugeMinBlock;
+  if (huge) rounded = capacity_ = (rounded + kHugePage - 1) / kHugePage * kHugePage;
+  const size_t align = huge ? kHugePage : kAlignment;
   if (rounded >= kCacheMinBlock) data_ = take_cached(rounded, capacity_);
-  if (!data_) data_ = std::aligned_alloc(kAlignment, rounded);
+  if (!data_) data_ = allocate(align, rounded);
   if (!data_) {  // the cached blocks may be what is missing
     empty_cache();
-    data_ = std::aligned_alloc(kAlignment, rounded);
+    data_ = allocate(align, rounded);
   }
   LOOM_CHECK(data_ != nullptr, "out of memory: cannot allocate a tensor of ", nbytes, " bytes (",
              double(nbytes) / 1e9, " GB)");

@@ -208,10 +208,10 @@ struct Tile {
         dSr(Pr.size()), Pt(Pr.size()), dSt(Pr.size()) {}
 };
 
-// The bias rows of a tile are J floats apart (at J = 1024 each on its own
-// page): 64 short streams the hardware prefetcher does not follow. Asked for
-// before the tile's product (into L2), they arrive while it runs: at seq 1024
-// the bias cost the forward ~6.5 ms over no bias, ~4.5 ms with this.
+// The bias rows of a tile are J floats apart: 64 short streams the hardware
+// prefetcher does not follow. Asked for before the tile's product (into L2),
+// they arrive while it runs (at seq 1024, with 2 MiB pages: the bias costs
+// the forward ~2.2 ms over none, ~4.4 ms without this).
 void prefetch_bias(const Problem& p, int64_t b, int64_t h, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
   if (!p.has_bias || p.bias.stride[3] != 1) return;
   for (int64_t r = r0; r < r1; ++r) {
