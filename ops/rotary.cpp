@@ -16,15 +16,35 @@ struct Layout {
   int64_t rows_per_angle_batch = 0;          // rows sharing one [n, rot] block of cos and sin
 };
 
+// Where the rows of the input start: it is read through its strides (the
+// last dim contiguous), so heads split off a linear's output, a transposed
+// view, need no copy first. Up to 4 leading dims; rows step like an odometer.
+struct Rows {
+  int64_t dims = 0, size[4] = {1, 1, 1, 1}, stride[4] = {0, 0, 0, 0};
+  static bool fits(const Tensor& t) { return t.stride(-1) == 1 && t.dim() <= 5; }
+  explicit Rows(const Tensor& t) : dims(t.dim() - 1) {
+    for (int64_t k = 0; k < dims; ++k) size[k] = t.size(k), stride[k] = t.stride(k);
+  }
+};
+
 // The cos/sin row for x's row r: the same position, in its batch's block.
 inline int64_t angle_row(const Layout& l, int64_t r) { return r / l.rows_per_angle_batch * l.n + r % l.n; }
 
 // forward (sign = +1) and backward (sign = −1, with cos and sin read at the
 // partner's index as the formula above says).
-void rotate(const Layout& l, const float* x, const float* cs, const float* sn, float* y, bool backward) {
+void rotate(const Layout& l, const Rows& rows, const float* x, const float* cs, const float* sn, float* y,
+            bool backward) {
   parallel_for(l.rows, l.d, [&](int64_t r0, int64_t r1) {
+    int64_t at[4] = {0, 0, 0, 0}, off = 0;  // row r0's index and offset
+    for (int64_t k = rows.dims - 1, rest = r0; k >= 0; --k)
+      at[k] = rest % rows.size[k], off += at[k] * rows.stride[k], rest /= rows.size[k];
     for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x + r * l.d;
+      const float* xr = x + off;
+      for (int64_t k = rows.dims - 1; k >= 0; --k) {  // the next row
+        off += rows.stride[k];
+        if (++at[k] < rows.size[k]) break;
+        off -= rows.stride[k] * rows.size[k], at[k] = 0;
+      }
       const float* c = cs + angle_row(l, r) * l.rot;
       const float* s = sn + angle_row(l, r) * l.rot;
       float* yr = y + r * l.d;
@@ -60,13 +80,16 @@ Tensor rotary(const Tensor& x_in, const Tensor& cos_in, const Tensor& sin_in) {
              "rotary: cos ", cos_in.sizes(), " cannot rotate x ", x_in.sizes(),
              " (needs an even rot <= d, n positions and a batch of 1 or x's)");
   l.rows_per_angle_batch = std::max<int64_t>(1, l.rows / angle_batches);
-  Tensor x = x_in.contiguous(), cs = cos_in.detach().contiguous(), sn = sin_in.detach().contiguous();
+  Tensor x = Rows::fits(x_in) ? x_in : x_in.contiguous(), cs = cos_in.detach().contiguous(),
+         sn = sin_in.detach().contiguous();
   Tensor out = empty(x.sizes());
-  if (l.rows > 0) rotate(l, x.data_ptr<float>(), cs.data_ptr<float>(), sn.data_ptr<float>(), out.data_ptr<float>(), false);
+  if (l.rows > 0)
+    rotate(l, Rows(x), x.data_ptr<float>(), cs.data_ptr<float>(), sn.data_ptr<float>(), out.data_ptr<float>(), false);
   record("rotary", {x_in}, out, [l, cs, sn](const Tensor& g_in) {
-    Tensor g = g_in.contiguous();
+    Tensor g = Rows::fits(g_in) ? g_in : g_in.contiguous();
     Tensor dx = empty(g.sizes());
-    if (l.rows > 0) rotate(l, g.data_ptr<float>(), cs.data_ptr<float>(), sn.data_ptr<float>(), dx.data_ptr<float>(), true);
+    if (l.rows > 0)
+      rotate(l, Rows(g), g.data_ptr<float>(), cs.data_ptr<float>(), sn.data_ptr<float>(), dx.data_ptr<float>(), true);
     return Grads{dx};
   });
   return out;

@@ -320,6 +320,22 @@ TEST_CASE("apply_rotary_pos_emb: right-aligned angles, gradient, errors") {
   RotaryEmbedding::Output per = xrot.forward(tensor(std::vector<float>{0, 2, 5, 1, 3, 4}).reshape({2, 3}));
   CHECK_GRADCHECK([&](const Inputs& in) { return apply_rotary_pos_emb(in[0], per.freqs, per.scale); },
                   {randn({2, 2, 3, 8}, g).requires_grad_()});
+  // Heads split off a linear's output (a transposed view, read through its
+  // strides) and a slice whose last dim is strided (copied first): the same
+  // bits as for their contiguous copies, forward and backward.
+  for (bool last_strided : {false, true}) {
+    CAPTURE(last_strided);
+    Tensor base = randn({2, 3, 2, last_strided ? 16 : 8}, g);                        // (b, n, h, d)
+    Tensor view = last_strided ? base.transpose(1, 2).slice(3, 0, 16, 2) : base.transpose(1, 2);  // (b, h, n, 8)
+    Tensor a = view.detach().requires_grad_(), c = view.contiguous().detach().requires_grad_();
+    REQUIRE(!a.is_contiguous());
+    Tensor ya = apply_rotary_pos_emb(a, per.freqs, per.scale), yc = apply_rotary_pos_emb(c, per.freqs, per.scale);
+    CHECK(ya.to_vector<float>() == yc.to_vector<float>());
+    Tensor gout = randn(ya.sizes(), g);
+    ya.backward(gout.transpose(2, 3).contiguous().transpose(2, 3));  // a strided gradient too
+    yc.backward(gout);
+    CHECK(a.grad().to_vector<float>() == c.grad().to_vector<float>());
+  }
   CHECK_THROWS_WITH_AS(rotary(randn({3, 2, 3, 8}, g), per.freqs, per.freqs),
                        "rotary: cos [2, 3, 6] cannot rotate x [3, 2, 3, 8] (needs an even rot <= d, n positions and a "
                        "batch of 1 or x's)",
