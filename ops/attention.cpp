@@ -342,18 +342,15 @@ void forward(const Problem& p, float* out, float* lse) {
         if (p.bf16) {
           // The whole tile's softmax step in one kernel call, its weights
           // written packed for P V (float32 first with dropout, which packs
-          // them after dropping).
+          // them after dropping), O's rows rescaled.
           k.softmax_tile_bf16(t.S.data(), nr, nc, m.data(), l.data(), scale.data(),
-                              p.dropout > 0 ? t.P.data() : nullptr, t.Pr.data(), kHalf);
-          for (int64_t r = 0; r < nr; ++r) {
-            if (scale[size_t(r)] != 1.0f)
-              for (int64_t d = 0; d < p.Dv; ++d) O[r * p.Dv + d] *= scale[size_t(r)];
-            if (p.dropout > 0) {
+                              p.dropout > 0 ? t.P.data() : nullptr, t.Pr.data(), kHalf, O, p.Dv);
+          if (p.dropout > 0)
+            for (int64_t r = 0; r < nr; ++r) {
               float* pr = t.P.data() + r * nc;
               for (int64_t c = 0; c < nc; ++c) pr[c] *= p.keep(b, h, r0 + r, c0 + c);
               k.pack_bf16_rows(pr, nc, 1, nc, t.Pr.data() + r * kHalf, kHalf);
             }
-          }
         } else {
           // The tile's softmax step in one kernel call: weights into t.P,
           // O's rows rescaled. A NaN logit makes its row's m, l and O NaN,

@@ -310,11 +310,11 @@ TEST_CASE("bfloat16 attention kernels: the packings, the product of two packed o
         x[size_t(2 * nc)] = NAN;
       }
       std::vector<float> m = m0, l = l0, alpha(static_cast<size_t>(nr)), y(static_cast<size_t>(nr * nc));
-      bf->softmax_tile_bf16(x.data(), nr, nc, m.data(), l.data(), alpha.data(), y.data(), nullptr, 0);
+      bf->softmax_tile_bf16(x.data(), nr, nc, m.data(), l.data(), alpha.data(), y.data(), nullptr, 0, nullptr, 0);
       const int64_t ldb = (nc + 1) / 2 + 1;
       std::vector<uint32_t> yb(size_t(nr * ldb), 0xdeadbeefu);
       std::vector<float> m2 = m0, l2 = l0, alpha2(static_cast<size_t>(nr));
-      bf->softmax_tile_bf16(x.data(), nr, nc, m2.data(), l2.data(), alpha2.data(), nullptr, yb.data(), ldb);
+      bf->softmax_tile_bf16(x.data(), nr, nc, m2.data(), l2.data(), alpha2.data(), nullptr, yb.data(), ldb, nullptr, 0);
       std::vector<float> shift(static_cast<size_t>(nr)), e(static_cast<size_t>(nr * nc));
       for (int64_t r = 0; r < nr; ++r) {
         INFO("row ", r);

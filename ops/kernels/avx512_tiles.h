@@ -100,6 +100,20 @@ inline void softmax_tile_rows(const float* x, int64_t nr, int64_t nc, float* m, 
   }
 }
 
+// Rows r < rows of o (dv floats, row stride dv) times alpha[r]: the online
+// softmax's rescaling of its output accumulator (rows whose alpha is 1 untouched).
+inline void scale_rows(float* o, int64_t dv, const float* alpha, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (alpha[r] == 1.0f) continue;
+    float* orow = o + r * dv;
+    const __m512 a = _mm512_set1_ps(alpha[r]);
+    for (int64_t d = 0; d < dv; d += 16) {
+      const __mmask16 mask = first(dv - d);
+      _mm512_mask_storeu_ps(orow + d, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, orow + d), a));
+    }
+  }
+}
+
 // y[r][c] = exp(x[r][c] − shift[r]) over a tile [nr, nc].
 inline void exp_tile(const float* x, int64_t nr, int64_t nc, const float* shift, float* y) {
   for (int64_t r = 0; r < nr; ++r) {

@@ -17,15 +17,7 @@ void softmax_tile_avx512(const float* x, int64_t nr, int64_t nc, float* m, float
     const int64_t rows = std::min<int64_t>(16, nr - r0);
     alignas(64) float alpha[16];
     avx512::softmax_tile_rows<false>(x + r0 * nc, rows, nc, m + r0, l + r0, alpha, y + r0 * nc, nullptr, 0);
-    for (int64_t r = 0; r < rows; ++r) {
-      if (alpha[r] == 1.0f) continue;
-      float* orow = o + (r0 + r) * dv;
-      const __m512 a = _mm512_set1_ps(alpha[r]);
-      for (int64_t d = 0; d < dv; d += 16) {
-        const __mmask16 mask = avx512::first(dv - d);
-        _mm512_mask_storeu_ps(orow + d, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, orow + d), a));
-      }
-    }
+    avx512::scale_rows(o + r0 * dv, dv, alpha, rows);
   }
 }
 }  // namespace

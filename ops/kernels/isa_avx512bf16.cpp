@@ -42,8 +42,9 @@ using avx512::first;
 
 // One step of the online softmax, bfloat16 weights (or float32 into y) (kernels.h).
 void softmax_tile_bf16(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* alpha, float* y,
-                       uint32_t* yb, int64_t ldb) {
+                       uint32_t* yb, int64_t ldb, float* o, int64_t dv) {
   avx512::softmax_tile_rows<true>(x, nr, nc, m, l, alpha, y, yb, ldb);
+  if (o) avx512::scale_rows(o, dv, alpha, nr);
 }
 
 inline uint32_t bf16_bits(float f) {

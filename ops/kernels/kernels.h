@@ -155,8 +155,9 @@ struct Table {
   // The weights e go to y [nr, nc] as float32 if y is set, else to yb as
   // bfloat16 in pack_bf16_rows's layout (row stride ldb pairs, 0 partner for
   // an odd nc): the A operand of P V.
+  // With o set, o's rows r (dv floats, row stride dv) are multiplied by alpha[r] too.
   void (*softmax_tile_bf16)(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* alpha, float* y,
-                            uint32_t* yb, int64_t ldb);
+                            uint32_t* yb, int64_t ldb, float* o, int64_t dv);
   // softmax_grad over a tile [nr, nc] (in place: dS holds dP on entry), and
   // the bfloat16 copies the tile's products read, in the same pass: dS by
   // rows into dSr (pack_bf16_rows's layout, row stride ldr) and P and dS as
