@@ -97,3 +97,28 @@ inline bool close_or_same(const std::vector<float>& a, const std::vector<double>
   }
   return true;
 }
+
+// The logits of an attention tile [nr, nc] for its softmax kernels' tests,
+// and the running statistics (m0, l0) an earlier tile left: a masked key per
+// row, rows with no statistics yet, with a max below and above the row's,
+// and (nr > 3) a row with nothing visible (row 1, m 2), one that stays −∞
+// (row 3) and a NaN (row 2).
+struct TileLogits {
+  std::vector<float> x, m0, l0;
+};
+inline TileLogits tile_logits(int64_t nr, int64_t nc, loom::Generator& g) {
+  TileLogits t;
+  t.x = (loom::randn({nr * nc}, g) * 3.0f).to_vector<float>();
+  t.m0.resize(static_cast<size_t>(nr)), t.l0.resize(static_cast<size_t>(nr));
+  for (int64_t r = 0; r < nr; ++r) {
+    t.x[size_t(r * nc + r % nc)] = -INFINITY;
+    t.m0[size_t(r)] = r % 3 == 0 ? -INFINITY : r % 3 == 1 ? 2.0f : 9.0f;
+    t.l0[size_t(r)] = r % 3 == 0 ? 0.0f : 1.5f;
+  }
+  if (nr > 3) {
+    for (int64_t c = 0; c < nc; ++c) t.x[size_t(1 * nc + c)] = -INFINITY;
+    for (int64_t c = 0; c < nc; ++c) t.x[size_t(3 * nc + c)] = -INFINITY;
+    t.x[size_t(2 * nc)] = NAN;
+  }
+  return t;
+}

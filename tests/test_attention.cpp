@@ -6,9 +6,10 @@
 #include <cmath>
 #include <string>
 
+#include <loom/ops/kernels/kernels.h>
+
 #include "attention_reference.h"
 #include "helpers.h"
-#include <loom/ops/kernels/kernels.h>
 
 using namespace loom;
 using loom::reference::naive_attention;
@@ -364,18 +365,8 @@ TEST_CASE("softmax_tile and exp_tile, the attention tile's softmax kernels, agai
     for (int64_t nc : {64, 33, 1, 17})
       for (int64_t dv : {64, 12}) {
         INFO("nr ", nr, " nc ", nc, " dv ", dv);
-        std::vector<float> x = (randn({nr * nc}, g) * 3.0f).to_vector<float>();
-        std::vector<float> m0(static_cast<size_t>(nr)), l0(static_cast<size_t>(nr));
-        for (int64_t r = 0; r < nr; ++r) {
-          x[size_t(r * nc + r % nc)] = -INFINITY;                             // a masked key
-          m0[size_t(r)] = r % 3 == 0 ? -INFINITY : r % 3 == 1 ? 2.0f : 9.0f;  // none yet, below, above the row
-          l0[size_t(r)] = r % 3 == 0 ? 0.0f : 1.5f;
-        }
-        if (nr > 3) {
-          for (int64_t c = 0; c < nc; ++c) x[size_t(1 * nc + c)] = -INFINITY;  // nothing visible: row 1 has m 2
-          for (int64_t c = 0; c < nc; ++c) x[size_t(3 * nc + c)] = -INFINITY;  // row 3 has m −∞: stays so
-          x[size_t(2 * nc)] = NAN;
-        }
+        const TileLogits tl = tile_logits(nr, nc, g);
+        const std::vector<float>&x = tl.x, &m0 = tl.m0, &l0 = tl.l0;
         const std::vector<float> o0 = randn({nr * dv}, g).to_vector<float>();
         std::vector<float> m = m0, l = l0, y(static_cast<size_t>(nr * nc), 7.0f), o = o0;
         k.softmax_tile(x.data(), nr, nc, m.data(), l.data(), y.data(), o.data(), dv);

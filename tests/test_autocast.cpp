@@ -297,18 +297,8 @@ TEST_CASE("bfloat16 attention kernels: the packings, the product of two packed o
   for (int64_t nr : {64, 5, 1})
     for (int64_t nc : {64, 33, 1, 17}) {
       INFO("nr ", nr, " nc ", nc);
-      std::vector<float> x = (randn({nr * nc}, g) * 3.0f).to_vector<float>();
-      std::vector<float> m0(static_cast<size_t>(nr)), l0(static_cast<size_t>(nr));
-      for (int64_t r = 0; r < nr; ++r) {
-        x[size_t(r * nc + r % nc)] = -INFINITY;                                // a masked key
-        m0[size_t(r)] = r % 3 == 0 ? -INFINITY : r % 3 == 1 ? 2.0f : 9.0f;     // none yet, below, above the row
-        l0[size_t(r)] = r % 3 == 0 ? 0.0f : 1.5f;
-      }
-      if (nr > 2) {
-        for (int64_t c = 0; c < nc; ++c) x[size_t(1 * nc + c)] = -INFINITY;    // nothing visible: row 1 has m 2
-        for (int64_t c = 0; c < nc; ++c) x[size_t(3 * nc + c)] = -INFINITY;    // row 3 has m −∞: stays so
-        x[size_t(2 * nc)] = NAN;
-      }
+      const TileLogits tl = tile_logits(nr, nc, g);
+      const std::vector<float>&x = tl.x, &m0 = tl.m0, &l0 = tl.l0;
       std::vector<float> m = m0, l = l0, alpha(static_cast<size_t>(nr)), y(static_cast<size_t>(nr * nc));
       bf->softmax_tile_bf16(x.data(), nr, nc, m.data(), l.data(), alpha.data(), y.data(), nullptr, 0, nullptr, 0);
       const int64_t ldb = (nc + 1) / 2 + 1;
