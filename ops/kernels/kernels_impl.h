@@ -96,7 +96,7 @@ inline Batch<A> fmadd(Batch<A> a, Batch<A> b, Batch<A> c) {
 // tree, lane j with lane j + 8, then + 4, + 2, + 1, in registers: the same
 // order, so the same bits, on every ISA, and no scalar reloads of a vector
 // just stored (a store-forwarding stall each, which at attention's 64-wide
-// rows cost more than the row's arithmetic). Max is `op` = true, sum false.
+// rows cost more than the row's arithmetic). `max`: the lanes' max, else their sum.
 template <class A>
 inline float tree16(const Batch<A>* acc, bool max) {
   constexpr int64_t W = Batch<A>::size;
@@ -119,6 +119,19 @@ inline float tree16(const Batch<A>* acc, bool max) {
   return _mm_cvtss_f32(f128(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
+// e^r for |r| <= ln 2 / 2: Cephes expf's 1 + r + r^2 poly(r), the part of
+// exp_fast and of normal_cdf_pdf after the range reduction.
+template <class A>
+inline Batch<A> exp_reduced(Batch<A> r) {
+  using B = Batch<A>;
+  B p = fmadd<A>(B(1.9875691500e-4f), r, B(1.3981999507e-3f));
+  p = fmadd<A>(p, r, B(8.3334519073e-3f));
+  p = fmadd<A>(p, r, B(4.1665795894e-2f));
+  p = fmadd<A>(p, r, B(1.6666665459e-1f));
+  p = fmadd<A>(p, r, B(5.0000001201e-1f));
+  return fmadd<A>(p, r * r, r + B(1.0f));
+}
+
 // e^x, Cephes' expf as the bfloat16 table's exp16 but in xsimd, for every
 // ISA: x = n ln 2 + r, |r| <= ln 2 / 2 (ln 2 in two parts, so r is exact),
 // e^r = 1 + r + r^2 poly(r), times 2^n as two powers of two (each a normal
@@ -136,12 +149,7 @@ inline Batch<A> exp_fast(Batch<A> x) {
   const B y = fmadd<A>(x, B(1.44269504088896341f), magic), n = y - magic;
   B r = fmadd<A>(n, B(-0.693359375f), x);
   r = fmadd<A>(n, B(2.12194440e-4f), r);
-  B p = fmadd<A>(B(1.9875691500e-4f), r, B(1.3981999507e-3f));
-  p = fmadd<A>(p, r, B(8.3334519073e-3f));
-  p = fmadd<A>(p, r, B(4.1665795894e-2f));
-  p = fmadd<A>(p, r, B(1.6666665459e-1f));
-  p = fmadd<A>(p, r, B(5.0000001201e-1f));
-  p = fmadd<A>(p, r * r, r + B(1.0f));
+  const B p = exp_reduced<A>(r);
   const I k = xsimd::bitwise_cast<I>(y) - xsimd::bitwise_cast<I>(magic);  // n in [-150, 129]
   const I k1 = k >> 1, k2 = k - k1;
   return p * xsimd::bitwise_cast<B>((k1 + I(127)) << 23) * xsimd::bitwise_cast<B>((k2 + I(127)) << 23);
@@ -173,12 +181,7 @@ inline NormalCdfPdf<A> normal_cdf_pdf(Batch<A> x) {
   // exp(hi + lo) * 2^64: k = round((hi + lo) / ln 2), r = hi + lo - k ln 2 in two parts.
   B y = fmadd<A>(hi + lo, B(1.44269504088896341f), magic), k = y - magic;
   B r = fmadd<A>(k, B(2.12194440e-4f), (hi - k * B(0.693359375f)) + lo);
-  B p = fmadd<A>(B(1.9875691500e-4f), r, B(1.3981999507e-3f));  // exp(r), cephes expf
-  p = fmadd<A>(p, r, B(8.3334519073e-3f));
-  p = fmadd<A>(p, r, B(4.1665795894e-2f));
-  p = fmadd<A>(p, r, B(1.6666665459e-1f));
-  p = fmadd<A>(p, r, B(5.0000001201e-1f));
-  p = fmadd<A>(p, r * r, r + one);
+  const B p = exp_reduced<A>(r);
   B e = p * xsimd::bitwise_cast<B>((xsimd::bitwise_cast<I>(y) - xsimd::bitwise_cast<I>(magic) + I(127 + 64)) << 23);
   B t = one / fmadd<A>(B(0.35355339059327376f), a, one);
   B s = fmadd<A>(B(-0.0598746054f), t, B(0.288519502f));
