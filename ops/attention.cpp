@@ -83,32 +83,48 @@ struct Packed {
   bool defined() const { return storage.defined(); }
 };
 
-// The layouts wanted of one source x (contiguous [count, rows, cols]),
+// The layouts wanted of sources x (each contiguous [count, rows, cols]),
 // packed a matrix at a time: after the first reads it from memory, the
 // others find it in cache (x is cold here: 1 MiB of bfloat16 pairs from
-// 2 MiB of float32 took ~0.2 ms from memory, about a sixth of that from cache).
-void pack(const float* x, int64_t count, int64_t rows, int64_t cols, std::initializer_list<std::pair<Packed*, Layout>> outs) {
-  for (auto [out, layout] : outs) {
-    out->layout = layout;
-    if (layout == Layout::Rows) {
-      out->ld = (cols + 1) / 2, out->per = rows * out->ld;
-    } else {
-      // Padded past a multiple of 1 KiB, for the same reason as Problem::JT:
-      // the 32 pair rows of a Kᵀ or Vᵀ tile would otherwise share a few L1 sets.
-      const int64_t width = layout == Layout::Pairs ? cols : rows, height = layout == Layout::Pairs ? rows : cols;
-      out->ld = (width + 15) / 16 * 16, out->ld += out->ld % 256 == 0 ? 16 : 0, out->per = (height + 1) / 2 * out->ld;
+// 2 MiB of float32 took ~0.2 ms from memory, about a sixth of that from
+// cache). All sources in one parallel loop: at seq 256 on 2 threads a loop
+// per source cost the forward about as much as the bfloat16 products saved.
+struct PackJob {
+  const float* x;
+  int64_t count, rows, cols;
+  std::vector<std::pair<Packed*, Layout>> outs;
+};
+void pack(const std::vector<PackJob>& jobs) {
+  int64_t total = 0, cost = 0;
+  for (const PackJob& j : jobs) {
+    for (auto [out, layout] : j.outs) {
+      out->layout = layout;
+      if (layout == Layout::Rows) {
+        out->ld = (j.cols + 1) / 2, out->per = j.rows * out->ld;
+      } else {
+        // Padded past a multiple of 1 KiB, for the same reason as Problem::JT:
+        // the 32 pair rows of a Kᵀ or Vᵀ tile would otherwise share a few L1 sets.
+        const int64_t width = layout == Layout::Pairs ? j.cols : j.rows, height = layout == Layout::Pairs ? j.rows : j.cols;
+        out->ld = (width + 15) / 16 * 16, out->ld += out->ld % 256 == 0 ? 16 : 0, out->per = (height + 1) / 2 * out->ld;
+      }
+      out->storage = empty({j.count * out->per});  // every element is written by the kernels
     }
-    out->storage = empty({count * out->per});  // every element is written by the kernels
+    total += j.count;
+    cost = std::max(cost, j.rows * j.cols * int64_t(j.outs.size()));
   }
-  parallel_for(count, rows * cols * int64_t(outs.size()), [&](int64_t m0, int64_t m1) {
+  parallel_for(total, cost, [&](int64_t u0, int64_t u1) {
     const kernels::Table& k = kernels::table();
-    for (int64_t m = m0; m < m1; ++m) {
-      const float* xm = x + m * rows * cols;
-      for (auto [out, layout] : outs) {
+    for (int64_t u = u0; u < u1; ++u) {
+      size_t which = 0;
+      int64_t m = u;
+      while (m >= jobs[which].count) m -= jobs[which++].count;
+      const PackJob& j = jobs[which];
+      const float* xm = j.x + m * j.rows * j.cols;
+      for (auto [out, layout] : j.outs) {
         uint32_t* dst = out->data() + m * out->per;
-        if (layout == Layout::Pairs) k.pack_bf16_pairs(xm, cols, rows, cols, dst, out->ld);
-        else if (layout == Layout::PairsT) k.pack_bf16_pairs_t(xm, cols, rows, cols, dst, out->ld);
-        else k.pack_bf16_rows(xm, cols, rows, cols, dst, out->ld);
+        if (layout == Layout::Pairs) k.pack_bf16_pairs(xm, j.cols, j.rows, j.cols, dst, out->ld);
+        else if (layout == Layout::PairsT) k.pack_bf16_pairs_t(xm, j.cols, j.rows, j.cols, dst, out->ld);
+        else k.pack_bf16_rows(xm, j.cols, j.rows, j.cols, dst, out->ld);
       }
     }
   });
@@ -729,13 +745,13 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
     // The forward's operands, and when a backward will follow the
     // backward's too while q, k and v are in cache; dO is packed when it comes.
     if (backward_follows) {
-      pack(p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}, {&p->kp, Layout::Pairs}});
-      pack(p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}, {&p->vTp, Layout::PairsT}});
-      pack(p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}, {&p->qp, Layout::Pairs}});
+      pack({{p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}, {&p->kp, Layout::Pairs}}},
+            {p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}, {&p->vTp, Layout::PairsT}}},
+            {p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}, {&p->qp, Layout::Pairs}}}});
     } else {
-      pack(p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}});
-      pack(p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}});
-      pack(p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}});
+      pack({{p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}}},
+            {p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}}},
+            {p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}}}});
     }
     if (o.selective) kT = transpose_padded(k, p->JT);
   } else {
@@ -791,7 +807,7 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
            g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();
            g.delta.resize(size_t(p->B * p->H * p->I));
            if (p->bf16) {
-             pack(g.dout, p->B * p->H, p->I, p->Dv, {{&g.dOp, Layout::Pairs}, {&g.dOa, Layout::Rows}});
+             pack({{g.dout, p->B * p->H, p->I, p->Dv, {{&g.dOp, Layout::Pairs}, {&g.dOa, Layout::Rows}}}});
            }
            for (size_t r = 0; r < g.delta.size(); ++r) {
              double s = 0;
