@@ -29,8 +29,11 @@
 // dG_rc = Σ_{r' > r} dF_r'c, and head 0's logits receive dG where G > 0.
 #include <omp.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include <loom/core/autocast.h>
@@ -65,16 +68,59 @@ View4 view4(const Tensor& t) {
   return v;
 }
 
-// count matrices [rows, cols] rounded to bfloat16 and packed for the tile
-// products (kernels.h), once per call instead of once per tile, in one of
-// three layouts: pairs of rows (pack_bf16_pairs: K, V, Q, dO as B operands),
-// pairs of columns (pack_bf16_pairs_t: Kᵀ, Vᵀ as B operands, from K and V
-// themselves) or pairs along rows (pack_bf16_rows: Q, dO as A operands).
+// count matrices [rows, cols] (a contiguous source) rounded to bfloat16 and
+// packed for the tile products (kernels.h), once per call instead of once
+// per tile, in one of three layouts: pairs of rows (pack_bf16_pairs: K, V,
+// Q, dO as B operands), pairs of columns (pack_bf16_pairs_t: Kᵀ, Vᵀ as B
+// operands, from K and V themselves) or pairs along rows (pack_bf16_rows:
+// Q, dO as A operands).
+//
+// A matrix is packed when a tile first needs it (ensure), by the first
+// thread to get there, inside the passes' own parallel loops: its source is
+// read just before that head's tiles run, and they find the packed copy in
+// cache. Packed up front, in a parallel loop of its own before the
+// forward, it cost ~20 % of the bfloat16 forward at seq 1024 (memory-bound:
+// the float32 source from memory, the packed copy back to memory and later
+// in again).
 enum class Layout { Pairs, PairsT, Rows };
 struct Packed {
   Tensor storage;  // 4-byte elements from loom's allocator: reused blocks, no page faults, counted in memory stats
   int64_t ld = 0, per = 0;  // row stride and size of one matrix, in pairs
   Layout layout = Layout::Pairs;
+  const float* src = nullptr;  // the float32 matrices
+  int64_t rows = 0, cols = 0;
+  std::unique_ptr<std::atomic<uint8_t>[]> state;  // per matrix: 0 to pack, 1 being packed, 2 packed
+
+  void prepare(const float* x, int64_t count, int64_t rows_, int64_t cols_, Layout l) {
+    src = x, rows = rows_, cols = cols_, layout = l;
+    if (layout == Layout::Rows) {
+      ld = (cols + 1) / 2, per = rows * ld;
+    } else {
+      // Padded past a multiple of 1 KiB, for the same reason as Problem::JT:
+      // the 32 pair rows of a Kᵀ or Vᵀ tile would otherwise share a few L1 sets.
+      const int64_t width = layout == Layout::Pairs ? cols : rows, height = layout == Layout::Pairs ? rows : cols;
+      ld = (width + 15) / 16 * 16, ld += ld % 256 == 0 ? 16 : 0, per = (height + 1) / 2 * ld;
+    }
+    storage = empty({count * per});  // every element is written by the kernels
+    state = std::make_unique<std::atomic<uint8_t>[]>(size_t(count));  // all 0
+  }
+  // Matrix m packed, by this thread or (waited for) another.
+  void ensure(int64_t m) const {
+    std::atomic<uint8_t>& s = state[size_t(m)];
+    if (s.load(std::memory_order_acquire) == 2) return;
+    uint8_t expected = 0;
+    if (s.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+      const kernels::Table& k = kernels::table();
+      const float* x = src + m * rows * cols;
+      uint32_t* dst = data() + m * per;
+      if (layout == Layout::Pairs) k.pack_bf16_pairs(x, cols, rows, cols, dst, ld);
+      else if (layout == Layout::PairsT) k.pack_bf16_pairs_t(x, cols, rows, cols, dst, ld);
+      else k.pack_bf16_rows(x, cols, rows, cols, dst, ld);
+      s.store(2, std::memory_order_release);
+    } else {
+      while (s.load(std::memory_order_acquire) != 2) std::this_thread::yield();  // (threads may outnumber cores)
+    }
+  }
   uint32_t* data() const { return static_cast<uint32_t*>(storage.raw_data()); }
   // Pair row row / 2 (row even) of matrix m (Pairs, PairsT), or row `row` of all (Rows).
   const uint32_t* at(int64_t m, int64_t row) const {
@@ -82,53 +128,6 @@ struct Packed {
   }
   bool defined() const { return storage.defined(); }
 };
-
-// The layouts wanted of sources x (each contiguous [count, rows, cols]),
-// packed a matrix at a time: after the first reads it from memory, the
-// others find it in cache (x is cold here: 1 MiB of bfloat16 pairs from
-// 2 MiB of float32 took ~0.2 ms from memory, about a sixth of that from
-// cache). All sources in one parallel loop: at seq 256 on 2 threads a loop
-// per source cost the forward about as much as the bfloat16 products saved.
-struct PackJob {
-  const float* x;
-  int64_t count, rows, cols;
-  std::vector<std::pair<Packed*, Layout>> outs;
-};
-void pack(const std::vector<PackJob>& jobs) {
-  int64_t total = 0, cost = 0;
-  for (const PackJob& j : jobs) {
-    for (auto [out, layout] : j.outs) {
-      out->layout = layout;
-      if (layout == Layout::Rows) {
-        out->ld = (j.cols + 1) / 2, out->per = j.rows * out->ld;
-      } else {
-        // Padded past a multiple of 1 KiB, for the same reason as Problem::JT:
-        // the 32 pair rows of a Kᵀ or Vᵀ tile would otherwise share a few L1 sets.
-        const int64_t width = layout == Layout::Pairs ? j.cols : j.rows, height = layout == Layout::Pairs ? j.rows : j.cols;
-        out->ld = (width + 15) / 16 * 16, out->ld += out->ld % 256 == 0 ? 16 : 0, out->per = (height + 1) / 2 * out->ld;
-      }
-      out->storage = empty({j.count * out->per});  // every element is written by the kernels
-    }
-    total += j.count;
-    cost = std::max(cost, j.rows * j.cols * int64_t(j.outs.size()));
-  }
-  parallel_for(total, cost, [&](int64_t u0, int64_t u1) {
-    const kernels::Table& k = kernels::table();
-    for (int64_t u = u0; u < u1; ++u) {
-      size_t which = 0;
-      int64_t m = u;
-      while (m >= jobs[which].count) m -= jobs[which++].count;
-      const PackJob& j = jobs[which];
-      const float* xm = j.x + m * j.rows * j.cols;
-      for (auto [out, layout] : j.outs) {
-        uint32_t* dst = out->data() + m * out->per;
-        if (layout == Layout::Pairs) k.pack_bf16_pairs(xm, j.cols, j.rows, j.cols, dst, out->ld);
-        else if (layout == Layout::PairsT) k.pack_bf16_pairs_t(xm, j.cols, j.rows, j.cols, dst, out->ld);
-        else k.pack_bf16_rows(xm, j.cols, j.rows, j.cols, dst, out->ld);
-      }
-    }
-  });
-}
 
 // Everything one call needs, shared by the forward and backward passes.
 struct Problem {
@@ -154,14 +153,14 @@ struct Problem {
   uint64_t first_block = 0;
   // The tile products: float32 (gemm), or under autocast on a CPU with
   // AVX512-BF16 bfloat16 inputs with float32 sums (bf16: gemm_bf16_pp with
-  // Q, K, V, Kᵀ and Vᵀ packed once per call, the backward using the
-  // forward's, and each tile's P and dS written packed by the tile itself).
+  // Q, K, V, Kᵀ and Vᵀ packed once per call, each matrix when first read,
+  // and each tile's P and dS written packed by the tile itself).
   decltype(kernels::Table::gemm) gemm = nullptr;
   decltype(kernels::Table::gemm_bf16_pp) gemm_bf16 = nullptr;
   bool bf16 = false;
   Packed kTp, vTp, kp, vp;  // B operands (pairs of rows)
   Packed qa;                // Q as A operand (pairs along rows), [B·H·I, ⌈D/2⌉]
-  Packed qp;                // Q as B operand of dK (packed with qa when a backward will follow)
+  Packed qp;                // Q as B operand of dK (when a backward will follow, as kp and vTp)
 
   int64_t kv_head(int64_t h) const { return h % G; }
   // The dropout keep factor for weight (b, h, r, c): 0 or 1 / (1 − p).
@@ -207,8 +206,12 @@ Tensor transpose_padded(const Tensor& x, int64_t JT) {
 void product(const Problem& p, const float* A, int64_t a_rs, int64_t a_cs, const uint32_t* Ap, int64_t sr, int64_t sp,
              const float* B, int64_t ldb, const Packed& Bp, int64_t m, int64_t row, int64_t col, float* C, int64_t ldc,
              int64_t rows, int64_t cols, int64_t k, float alpha, bool accumulate) {
-  if (p.bf16) p.gemm_bf16(Ap, sr, sp, Bp.at(m, row) + col, Bp.ld, C, ldc, rows, cols, (k + 1) / 2, alpha, accumulate);
-  else p.gemm(A, a_rs, a_cs, B, ldb, C, ldc, rows, cols, k, alpha, accumulate);
+  if (p.bf16) {
+    Bp.ensure(m);
+    p.gemm_bf16(Ap, sr, sp, Bp.at(m, row) + col, Bp.ld, C, ldc, rows, cols, (k + 1) / 2, alpha, accumulate);
+  } else {
+    p.gemm(A, a_rs, a_cs, B, ldb, C, ldc, rows, cols, k, alpha, accumulate);
+  }
 }
 
 // Per-thread scratch for one tile: logits (later dS) and weights, and for
@@ -248,6 +251,7 @@ void logits_tile(const Problem& p, Tile& t, int64_t b, int64_t h, int64_t r0, in
   // The selective gate's logits (with_F false) stay float32 under autocast:
   // its running sum F grows over the rows and would carry their rounding
   // into every later weight.
+  if (p.bf16 && with_F) p.qa.ensure(b * p.H + h);
   const uint32_t* Qa = p.bf16 ? p.qa.at(0, (b * p.H + h) * p.I + r0) : nullptr;
   prefetch_bias(p, b, h, r0, r1, c0, c1);
   if (with_F)
@@ -453,6 +457,7 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
   // dP = dO Vᵀ
   const float* VT = p.vT ? p.vT + (b * p.G + p.kv_head(h)) * p.Dv * p.JT + c0 : nullptr;
   const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
+  if (p.bf16) g.dOa.ensure(b * p.H + h);
   const uint32_t* dOa = p.bf16 ? g.dOa.at(0, (b * p.H + h) * p.I + r0) : nullptr;
   product(p, dO, p.Dv, 1, dOa, g.dOa.ld, 1, VT, p.JT, p.vTp, b * p.G + p.kv_head(h), 0, c0, t.S.data(), nc, nr, nc,
           p.Dv, 1.0f, false);  // t.S now holds dP
@@ -743,15 +748,14 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   if (autocast_enabled() && kt.gemm_bf16_pp && p->D > 0 && p->Dv > 0) {  // (empty heads: nothing to multiply)
     p->bf16 = true, p->gemm_bf16 = kt.gemm_bf16_pp;
     // The forward's operands, and when a backward will follow the
-    // backward's too while q, k and v are in cache; dO is packed when it comes.
+    // backward's too; each matrix is packed when a tile first reads it.
+    p->kTp.prepare(p->k, p->B * p->G, p->J, p->D, Layout::PairsT);
+    p->vp.prepare(p->v, p->B * p->G, p->J, p->Dv, Layout::Pairs);
+    p->qa.prepare(p->q, p->B * p->H, p->I, p->D, Layout::Rows);
     if (backward_follows) {
-      pack({{p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}, {&p->kp, Layout::Pairs}}},
-            {p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}, {&p->vTp, Layout::PairsT}}},
-            {p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}, {&p->qp, Layout::Pairs}}}});
-    } else {
-      pack({{p->k, p->B * p->G, p->J, p->D, {{&p->kTp, Layout::PairsT}}},
-            {p->v, p->B * p->G, p->J, p->Dv, {{&p->vp, Layout::Pairs}}},
-            {p->q, p->B * p->H, p->I, p->D, {{&p->qa, Layout::Rows}}}});
+      p->kp.prepare(p->k, p->B * p->G, p->J, p->D, Layout::Pairs);
+      p->vTp.prepare(p->v, p->B * p->G, p->J, p->Dv, Layout::PairsT);
+      p->qp.prepare(p->q, p->B * p->H, p->I, p->D, Layout::Pairs);
     }
     if (o.selective) kT = transpose_padded(k, p->JT);
   } else {
@@ -807,7 +811,8 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
            g.out = saved_out.data_ptr<float>(), g.lse = lse.data_ptr<float>(), g.dout = dout.data_ptr<float>();
            g.delta.resize(size_t(p->B * p->H * p->I));
            if (p->bf16) {
-             pack({{g.dout, p->B * p->H, p->I, p->Dv, {{&g.dOp, Layout::Pairs}, {&g.dOa, Layout::Rows}}}});
+             g.dOp.prepare(g.dout, p->B * p->H, p->I, p->Dv, Layout::Pairs);
+             g.dOa.prepare(g.dout, p->B * p->H, p->I, p->Dv, Layout::Rows);
            }
            for (size_t r = 0; r < g.delta.size(); ++r) {
              double s = 0;
