@@ -192,7 +192,8 @@ TEST_CASE("bfloat16 tile product: every operand layout against a double product 
   }
   Generator g(11);
   struct Shape3 { int64_t m, n, k; };
-  for (Shape3 s : {Shape3{64, 64, 64}, {37, 45, 33}, {1, 1, 1}, {8, 16, 2}, {70, 12, 70}, {9, 33, 17}, {16, 64, 31}})
+  for (Shape3 s : {Shape3{64, 64, 64}, {37, 45, 33}, {1, 1, 1}, {8, 16, 2}, {70, 12, 70}, {9, 33, 17}, {16, 64, 31},
+                   {64, 32, 64}, {21, 20, 40}})  // (n <= 32: 8-row blocks)
     for (int layout = 0; layout < 3; ++layout)  // A row-major, A transposed, A with both strides > 1
       for (bool accumulate : {false, true}) {
         INFO("m ", s.m, " n ", s.n, " k ", s.k, " layout ", layout, " accumulate ", accumulate);
