@@ -15,7 +15,7 @@ namespace loom {
 
 namespace {
 
-constexpr size_t kCacheMinBlock = size_t(1) << 20;
+constexpr size_t kCacheMinBlock = size_t(64) << 10;
 constexpr size_t kCacheLimit = size_t(2) << 30;
 
 // Freed large blocks by capacity.

@@ -174,6 +174,15 @@ TEST_CASE("large freed blocks are reused, empty_cache releases them") {
   Tensor small = empty({10});  // small blocks are not cached
   small = Tensor();
   CHECK(cached_bytes() == 0);
+  const void* medium_block;
+  {
+    Tensor medium = empty({2048, 128}, kBFloat16);  // 512 KiB: cached too
+    medium_block = medium.raw_data();
+  }
+  CHECK(cached_bytes() >= size_t(512) << 10);
+  Tensor again = empty({2048, 128}, kBFloat16);
+  CHECK(again.raw_data() == medium_block);
+  again = Tensor();
   b = Tensor();
   empty_cache();
   CHECK(cached_bytes() == 0);
