@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
@@ -29,12 +30,16 @@ BlockCache& block_cache() {
   return *cache;
 }
 
-// A cached block of at least `size` bytes and at most 1.5x that, or null.
+// A cached block of at least `size` bytes and at most 1.5x that, or null:
+// the smallest such, and of those the one freed last, the likeliest to be
+// still in cache (a bf16 char-LM step ran ~5 % faster than with the one
+// freed first).
 void* take_cached(size_t size, size_t& capacity) {
   BlockCache& c = block_cache();
   std::lock_guard<std::mutex> lock(c.mutex);
   auto it = c.blocks.lower_bound(size);
   if (it == c.blocks.end() || it->first > size + size / 2) return nullptr;
+  it = std::prev(c.blocks.upper_bound(it->first));  // equal keys stay in insertion order
   void* p = it->second;
   capacity = it->first;
   c.bytes -= it->first;
