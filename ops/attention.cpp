@@ -442,15 +442,17 @@ struct Grad {
 
 // For one tile: P in t.P, and dS = P ∘ (dP − Δ) in t.S, where dP is taken
 // through the dropout mask. Returns the weights dV needs: t.P, or with
-// dropout the dropped weights, written to Pd.
+// dropout the dropped weights, written to Pd. With the tile's bfloat16
+// copies written here (t.packed), float32 dS is stored only for `dS_read`
+// (dbias, selective attention's dF): the products read the copies.
 const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int64_t h, int64_t r0, int64_t r1,
-                       int64_t c0, int64_t c1, std::vector<float>& Pd) {
+                       int64_t c0, int64_t c1, std::vector<float>& Pd, bool dS_read) {
   const kernels::Table& k = kernels::table();
   const int64_t nr = r1 - r0, nc = c1 - c0;
   logits_tile(p, t, b, h, r0, r1, c0, c1, true);
   const float* L = g.lse + (b * p.H + h) * p.I + r0;
-  // P = exp(S − lse), with the forward's exp (softmax_tile's)
-  k.exp_tile(t.S.data(), nr, nc, L, t.P.data());
+  // P = exp(S − lse), with the forward's exp (softmax_tile's or softmax_tile_bf16's)
+  (p.bf16 ? k.exp_tile_bf16 : k.exp_tile)(t.S.data(), nr, nc, L, t.P.data());
   for (int64_t r = 0; r < nr; ++r)
     if (std::isnan(L[r])) masked_to_zero(t.S.data() + r * nc, t.P.data() + r * nc, nc);
   // dP = dO Vᵀ
@@ -465,7 +467,7 @@ const float* grad_tile(const Problem& p, const Grad& g, Tile& t, int64_t b, int6
   t.packed = p.bf16 && p.dropout == 0 && !extra;
   if (t.packed) {  // the same with the tile's bfloat16 copies written in the same pass
     k.softmax_grad_tile_bf16(t.P.data(), t.S.data(), delta, nr, nc, t.dSr.data(), kHalf, t.Pt.data(), t.dSt.data(),
-                             kBlock);
+                             kBlock, dS_read);
     return t.P.data();
   }
   if (p.dropout == 0 && !extra) {  // the common case: one vector pass per row, in place
@@ -526,7 +528,7 @@ void backward_queries(const Problem& p, const Grad& g, float* dq, float* dbias, 
               continue;
             }
             const int64_t ce = std::min(cend, c1), ne = ce - c0;  // causal: the visible keys of the last block
-            pack_tile(p, t, grad_tile(p, g, t, b, h, r0, r1, c0, ce, Pd), nr, ne, true, false);
+            pack_tile(p, t, grad_tile(p, g, t, b, h, r0, r1, c0, ce, Pd, db != nullptr), nr, ne, true, false);
             const float* K = p.k + ((b * p.G + p.kv_head(h)) * p.J + c0) * p.D;
             product(p, t.S.data(), ne, 1, t.dSr.data(), kHalf, 1, K, p.D, p.kp, b * p.G + p.kv_head(h), c0, 0, dQ, p.D,
                     nr, p.D, ne, p.scale, true);  // dQ += scale dS K
@@ -559,7 +561,7 @@ void backward_keys(const Problem& p, const Grad& g, float* dk, float* dv) {
           const int64_t r0 = qb * kBlock, r1 = std::min(p.I, r0 + kBlock), nr = r1 - r0;
           if (key_end(p, r1) <= c0) continue;  // causal: this key block is invisible to these queries
           if (!tile_visible(p, b, h, r0, r1, c0, c1)) continue;
-          const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+          const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd, false);
           pack_tile(p, t, W, nr, nc, false, true);
           const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
           const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
@@ -604,7 +606,7 @@ void backward_fused(const Problem& p, const Grad& g, float* dq, float* dk, float
               if (db) dbias_tile(p, db, r0, nr, c0, nc, nullptr, true);
               continue;
             }
-            const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);
+            const float* W = grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd, db != nullptr);
             pack_tile(p, t, W, nr, nc, true, true);
             const float* dO = g.dout + ((b * p.H + h) * p.I + r0) * p.Dv;
             const float* Q = p.q + ((b * p.H + h) * p.I + r0) * p.D;
@@ -637,7 +639,7 @@ std::vector<float> selective_backward(const Problem& p, const Grad& g, const flo
         for (int64_t c0 = 0; c0 < cend; c0 += kBlock) {
           const int64_t c1 = std::min(cend, c0 + kBlock), nc = c1 - c0;
           if (!tile_visible(p, b, h, r0, r1, c0, c1)) continue;
-          grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd);  // g.dS0 is still null here
+          grad_tile(p, g, t, b, h, r0, r1, c0, c1, Pd, true);  // g.dS0 is still null here
           for (int64_t r = r0; r < r1; ++r)
             for (int64_t c = c0; c < c1; ++c) dF[size_t((b * p.I + r) * p.J + c)] -= t.S[size_t((r - r0) * nc + c - c0)];
         }

@@ -47,6 +47,26 @@ inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(y, n);
 }
 
+// e^x in 16 lanes for x <= 0 to about 3e-6 relative, for weights that are
+// rounded to bfloat16 (2^-9 relative) before any product reads them:
+// 2^t with t = x·log₂e split as n + r, |r| <= 1/2 (r = t − n is exact), and
+// 2^r by a degree-4 minimax polynomial (2.6e-6), times 2ⁿ by vscalefps.
+// Ten instructions with the caller's subtraction against exp16's fifteen:
+// the exps were about half of the bfloat16 tile's softmax part. x = −∞
+// gives exactly 0 (t is clamped to −160: 2^−160 is 0 in float32); a NaN
+// stays NaN (max returns its second operand when one is NaN).
+inline __m512 exp16_weights(__m512 x) {
+  const __m512 t = _mm512_max_ps(_mm512_set1_ps(-160.0f), _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(t, n);
+  __m512 y = _mm512_set1_ps(9.570071474e-03f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.591777712e-02f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(2.402474433e-01f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(6.931218505e-01f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(9.999992847e-01f));
+  return _mm512_scalef_ps(y, n);
+}
+
 // Lane r of the result: the max (kMax) or the sum of v[r]'s 16 lanes, for
 // 16 vectors at once. A transposing tree, 15 operations and 30 shuffles, then
 // one permute; a reduction per row took about 8 dependent instructions each.
@@ -75,7 +95,9 @@ inline __m512 reduce16(const __m512* v) {
 // per-row calls, serial lane sums and a scalar exp per row left it at about
 // twice the cost of a whole-tile call with per-row reductions, and those at
 // about 1.2× this.
-// kMayPackBf16 false (the float32 table, built without AVX512-BF16): y only.
+// kMayPackBf16 false (the float32 table, built without AVX512-BF16): y only,
+// with exp16. True (the bfloat16 table, whose weights are rounded to
+// bfloat16 for P V): the weights' exp is exp16_weights.
 template <bool kMayPackBf16>
 inline void softmax_tile_rows(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* alpha, float* y,
                               uint32_t* yb, int64_t ldb) {
@@ -118,7 +140,8 @@ inline void softmax_tile_rows(const float* x, int64_t nr, int64_t nc, float* m, 
         const __m512 sh = _mm512_set1_ps(shift[i]);
         auto weights = [&](int64_t c) {  // 16 weights from column c, 0 past nc
           const __mmask16 cm = first(nc - c);
-          const __m512 e = _mm512_maskz_mov_ps(cm, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(cm, xr + c), sh)));
+          const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(cm, xr + c), sh);
+          const __m512 e = _mm512_maskz_mov_ps(cm, kMayPackBf16 ? exp16_weights(d) : exp16(d));
           acc = _mm512_add_ps(acc, e);
           return e;
         };
@@ -141,8 +164,11 @@ inline void softmax_tile_rows(const float* x, int64_t nr, int64_t nc, float* m, 
       }
       part[i] = acc;
     }
-    // alpha = exp(m − m_new), 1 where m_new is −∞ (the row's m and l stay: −∞ and 0)
-    const __m512 a = _mm512_mask_mov_ps(exp16(_mm512_sub_ps(mo, mn)), none, _mm512_set1_ps(1.0f));
+    // alpha = exp(m − m_new), 1 where m_new is −∞ (the row's m and l stay: −∞
+    // and 0) and where m is −∞ (nothing seen before: l and o's row are 0, and
+    // stay 0 times 1 as times 0; o's rows with alpha 1 are not touched)
+    const __mmask16 fresh = _mm512_cmp_ps_mask(mo, neg_inf, _CMP_EQ_OQ);
+    const __m512 a = _mm512_mask_mov_ps(exp16(_mm512_sub_ps(mo, mn)), none | fresh, _mm512_set1_ps(1.0f));
     const __m512 lo = _mm512_maskz_loadu_ps(mask, l + r0);
     _mm512_mask_storeu_ps(alpha + r0, mask, a);
     _mm512_mask_storeu_ps(l + r0, mask & ~none, _mm512_add_ps(_mm512_mul_ps(lo, a), reduce16<false>(part)));
@@ -163,12 +189,16 @@ inline void scale_rows(float* o, int64_t dv, const float* alpha, int64_t rows) {
   }
 }
 
-// y[r][c] = exp(x[r][c] − shift[r]) over a tile [nr, nc].
+// y[r][c] = exp(x[r][c] − shift[r]) over a tile [nr, nc], by exp16, or by
+// exp16_weights for kWeights (the bfloat16 table: the softmax_tile_rows<true>
+// weights' exp, recomputed by the backward).
+template <bool kWeights>
 inline void exp_tile(const float* x, int64_t nr, int64_t nc, const float* shift, float* y) {
   for (int64_t r = 0; r < nr; ++r) {
     const __m512 sh = _mm512_set1_ps(shift[r]);
     for (int64_t i = 0; i < nc; i += 16) {
-      store16(y + r * nc + i, nc - i, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(first(nc - i), x + r * nc + i), sh)));
+      const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(first(nc - i), x + r * nc + i), sh);
+      store16(y + r * nc + i, nc - i, kWeights ? exp16_weights(d) : exp16(d));
     }
   }
 }

@@ -148,8 +148,9 @@ void pack_bf16_rows(const float* a, int64_t lda, int64_t rows, int64_t cols, uin
 //   dS = P ∘ (dP − δ_r), exactly 0 where P is 0 (in place of dP, float32)
 //   dSr: dS by rows (pack_bf16_rows, row stride ldr pairs)
 //   Pt, dSt: P and dS as pairs of rows (pack_bf16_pairs, row stride ldt)
-void softmax_grad_tile_bf16(const float* P, float* dS, const float* delta, int64_t nr, int64_t nc, uint32_t* dSr,
-                            int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt) {
+template <bool kStore>
+void softmax_grad_tile(const float* P, float* dS, const float* delta, int64_t nr, int64_t nc, uint32_t* dSr,
+                       int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt) {
   const int64_t even = (nc + 1) / 2 * 2, width = (nc + 15) / 16 * 16;
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t r = 0; r < nr; r += 2) {
@@ -162,8 +163,10 @@ void softmax_grad_tile_bf16(const float* P, float* dS, const float* delta, int64
                                             _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, dS + r * nc + i), d0));
       const __m512 g1 = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(p1, zero, _CMP_NEQ_UQ), p1,
                                             _mm512_sub_ps(_mm512_maskz_loadu_ps(m1, dS + (r + 1) * nc + i), d1));
-      _mm512_mask_storeu_ps(dS + r * nc + i, mask, g0);
-      _mm512_mask_storeu_ps(dS + (r + 1) * nc + i, m1, g1);
+      if constexpr (kStore) {
+        _mm512_mask_storeu_ps(dS + r * nc + i, mask, g0);
+        _mm512_mask_storeu_ps(dS + (r + 1) * nc + i, m1, g1);
+      }
       if (i < even) {
         const __mmask16 half = first(even - i);
         _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(dSr + r * ldr) + i, half, (__m256i)_mm512_cvtneps_pbh(g0));
@@ -175,6 +178,11 @@ void softmax_grad_tile_bf16(const float* P, float* dS, const float* delta, int64
       _mm512_storeu_si512(dSt + r / 2 * ldt + i, interleaved(g0, g1));
     }
   }
+}
+
+void softmax_grad_tile_bf16(const float* P, float* dS, const float* delta, int64_t nr, int64_t nc, uint32_t* dSr,
+                            int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt, bool store_dS) {
+  (store_dS ? softmax_grad_tile<true> : softmax_grad_tile<false>)(P, dS, delta, nr, nc, dSr, ldr, Pt, dSt, ldt);
 }
 
 // Bp[p][j] = (B[2p][j], B[2p+1][j]) for p < ⌈k/2⌉, j < ⌈n/16⌉·16 (zeros past n and past k).
@@ -285,6 +293,7 @@ const Table& table_avx512bf16() {
     x.pack_bf16_pairs_t = &pack_bf16_pairs_t;
     x.gemm_bf16_pp = &gemm_bf16_pp;
     x.softmax_tile_bf16 = &softmax_tile_bf16;
+    x.exp_tile_bf16 = &avx512::exp_tile<true>;
     x.softmax_grad_tile_bf16 = &softmax_grad_tile_bf16;
     return x;
   }();

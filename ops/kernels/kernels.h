@@ -72,7 +72,8 @@ struct Table {
   //   mx = max(m[r], max_c x[r][c]), NaN if any of them is NaN
   //   mx = −∞ (nothing visible yet): weights 0, m[r], l[r] and o's row unchanged
   //   else: y[r] = exp(x[r] − mx), a = exp(m[r] − mx), l[r] = l[r]·a + Σ_c y[r][c],
-  //         m[r] = mx, and o's row r (dv floats, row stride dv) times a
+  //         m[r] = mx, and o's row r (dv floats, row stride dv) times a (a
+  //         row with m[r] = −∞ on entry is 0 and may be left as it is)
   void (*softmax_tile)(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* y, float* o, int64_t dv);
   // y[r][c] = exp(x[r][c] − shift[r]) over [nr, nc], with the exp of
   // softmax_tile (and of softmax_tile_bf16): an attention backward's weights.
@@ -146,24 +147,31 @@ struct Table {
   // pack_bf16_pairs of Xᵀ, read from X [rows, cols] (row stride ldx):
   //   Bp[p][j] = X[j][2p] | X[j][2p+1] << 16   (p < ⌈cols/2⌉, j < ⌈rows/16⌉·16; 0 past rows and cols)
   void (*pack_bf16_pairs_t)(const float* X, int64_t ldx, int64_t rows, int64_t cols, uint32_t* Bp, int64_t ldp);
-  // The softmax part of an attention tile with AVX-512's exp16 (vscalefps;
-  // about 1 ulp, like xsimd's), a whole tile per call. One step
+  // The softmax part of an attention tile with AVX-512's vscalefps, a whole
+  // tile per call, its weights' exp to about 3e-6 relative (avx512_tiles.h's
+  // exp16_weights: they are rounded to bfloat16, 2^-9, for P V; alpha's exp
+  // is exp16's, about 1 ulp). One step
   // of the online softmax over the rows r < nr of x [nr, nc]:
   //   mx = max(m[r], max_c x[r][c]), NaN if any of them is NaN
   //   mx = −∞ (nothing visible yet): weights 0, alpha[r] = 1, m[r] and l[r] unchanged
-  //   else: e = exp(x[r] − mx), l[r] = l[r]·alpha[r] + Σ_c e, alpha[r] = exp(m[r] − mx), m[r] = mx
+  //   else: e = exp(x[r] − mx), alpha[r] = exp(m[r] − mx) (1 where m[r] = −∞: l[r] and o's row are 0),
+  //         l[r] = l[r]·alpha[r] + Σ_c e, m[r] = mx
   // The weights e go to y [nr, nc] as float32 if y is set, else to yb as
   // bfloat16 in pack_bf16_rows's layout (row stride ldb pairs, 0 partner for
   // an odd nc): the A operand of P V.
   // With o set, o's rows r (dv floats, row stride dv) are multiplied by alpha[r] too.
   void (*softmax_tile_bf16)(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* alpha, float* y,
                             uint32_t* yb, int64_t ldb, float* o, int64_t dv);
-  // softmax_grad over a tile [nr, nc] (in place: dS holds dP on entry), and
-  // the bfloat16 copies the tile's products read, in the same pass: dS by
-  // rows into dSr (pack_bf16_rows's layout, row stride ldr) and P and dS as
-  // pairs of rows into Pt and dSt (pack_bf16_pairs's, row stride ldt >= ⌈nc/16⌉·16).
+  // softmax_grad over a tile [nr, nc] (dS holds dP on entry, and dS after
+  // when store_dS), and the bfloat16 copies the tile's products read, in the
+  // same pass: dS by rows into dSr (pack_bf16_rows's layout, row stride ldr)
+  // and P and dS as pairs of rows into Pt and dSt (pack_bf16_pairs's, row
+  // stride ldt >= ⌈nc/16⌉·16).
   void (*softmax_grad_tile_bf16)(const float* P, float* dS, const float* delta, int64_t nr, int64_t nc, uint32_t* dSr,
-                                 int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt);
+                                 int64_t ldr, uint32_t* Pt, uint32_t* dSt, int64_t ldt, bool store_dS);
+  // exp_tile with softmax_tile_bf16's exp for the weights: the bfloat16
+  // backward's weights, as its forward had them.
+  void (*exp_tile_bf16)(const float* x, int64_t nr, int64_t nc, const float* shift, float* y);
 };
 
 // The table in use: the best instruction set of this CPU, unless lowered by

@@ -755,7 +755,7 @@ Table make_table(const char* name) {
                &softmax_grad<A>, &norm<A>,       &norm_backward<A>, &norm_param_grads<A>, &gemm<A>,
                &adam_update<A>, &sgd_update<A>,  &to_bf16<A>,     &round_bf16<A>,
                nullptr,       nullptr,          nullptr,          nullptr,              nullptr,
-               nullptr,       nullptr,          nullptr};
+               nullptr,       nullptr,          nullptr,          nullptr};
 }
 
 }  // namespace
