@@ -53,4 +53,18 @@ uint64_t autocast_region();
 // bfloat16 natively.
 bool native_bf16();
 
+class Tensor;
+
+// For an op whose float32 output mostly feeds autocast products (layer_norm,
+// rms_norm, gelu, relu): under autocast, on a CPU that multiplies bfloat16
+// natively, a bfloat16 tensor of out's shape (out fresh and contiguous), made
+// out's twin: the op writes it block by block while the block is in cache,
+// and matmul and linear read it instead of converting out again (three
+// times for q, k and v). The same bits as converting out: both round to
+// nearest even. An in-place op on out drops the twin (check_inplace); a
+// write through data_ptr does not. Undefined when autocast is off.
+Tensor make_bf16_twin(const Tensor& out);
+// t's twin as a bfloat16 tensor of t's shape and strides, or undefined.
+Tensor bf16_twin_of(const Tensor& t);
+
 }  // namespace loom

@@ -74,6 +74,7 @@ void check_inplace(const char* op, const Tensor& t) {
   LOOM_CHECK(!(grad_enabled && t.requires_grad()), op,
              ": cannot modify a tensor that requires grad in place while grad mode is on "
              "(shape ", t.sizes(), "); do it inside a loom::NoGradGuard");
+  if (t.impl()->storage) t.impl()->storage->set_bf16_twin(nullptr);  // the write would make it stale
 }
 
 namespace {

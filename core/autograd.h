@@ -92,6 +92,8 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph)
 
 // In-place writes are not recorded, so they are refused on tensors that
 // require grad while grad mode is on (update parameters under NoGradGuard).
+// Every in-place op calls it before writing; it also drops the storage's
+// bfloat16 twin (core/autocast.h), which the write would leave stale.
 void check_inplace(const char* op, const Tensor& t);
 
 }  // namespace loom

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace loom {
 
@@ -20,10 +21,17 @@ class Storage {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
 
+  // A bfloat16 copy of this float32 block, element for element, written by
+  // the op that wrote the block (core/autocast.h, make_bf16_twin); dropped
+  // by every in-place op on it.
+  const std::shared_ptr<Storage>& bf16_twin() const { return bf16_twin_; }
+  void set_bf16_twin(std::shared_ptr<Storage> twin) { bf16_twin_ = std::move(twin); }
+
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   size_t capacity_ = 0;  // the block's real size (a reused block may be larger)
+  std::shared_ptr<Storage> bf16_twin_;
 };
 
 // Blocks of 64 KiB and up are kept when freed and handed to the next

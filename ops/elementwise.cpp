@@ -28,6 +28,7 @@
 // contiguous run, in parallel when large. int64 and bool use plain loops.
 #include <cmath>
 
+#include <loom/core/autocast.h>
 #include <loom/core/autograd.h>
 #include <loom/core/loop.h>
 #include <loom/ops/kernels/kernels.h>
@@ -113,9 +114,13 @@ Tensor float_binary(BinaryOp op, const Tensor& a, const Tensor& b, const Shape& 
   return out;
 }
 
-// out = f(a), float32; out is fresh and contiguous.
-Tensor float_unary(UnaryOp op, const Tensor& a) {
+// out = f(a), float32; out is fresh and contiguous. With feeds_products,
+// under autocast, out's bfloat16 twin too, chunk by chunk (core/autocast.h).
+Tensor float_unary(UnaryOp op, const Tensor& a, bool feeds_products = false) {
   Tensor out = empty(a.sizes(), kFloat32);
+  const Tensor twin = feeds_products ? make_bf16_twin(out) : Tensor();
+  const char* base = bytes(out);
+  uint16_t* tp = twin.defined() ? static_cast<uint16_t*>(twin.raw_data()) : nullptr;
   const kernels::Table& k = kernels::table();
   parallel_for_each_run<2>(a.sizes(), {bytes(out), bytes(a)},
                            {broadcast_byte_strides(out, a.sizes()), broadcast_byte_strides(a, a.sizes())},
@@ -124,7 +129,9 @@ Tensor float_unary(UnaryOp op, const Tensor& a) {
                              for (int64_t i = 0; i < n; i += kChunk) {
                                int64_t m = std::min(kChunk, n - i), step;
                                const float* x = unit_or_gather(p[1] + i * s[1], s[1], m, buf, step);
-                               k.unary(op, x, reinterpret_cast<float*>(p[0]) + i, m);
+                               float* y = reinterpret_cast<float*>(p[0]) + i;
+                               k.unary(op, x, y, m);
+                               if (tp) k.to_bf16_dot(y, tp + (reinterpret_cast<const char*>(y) - base) / 4, m);
                              }
                            });
   return out;
@@ -174,9 +181,10 @@ Tensor arithmetic(const char* op, BinaryOp kop, const Tensor& a, const Tensor& b
 }
 
 // Records a float unary op whose backward is the kernel table's rule.
-Tensor unary_op(const char* name, UnaryOp op, const Tensor& a) {
+// feeds_products: an activation, whose output a linear usually reads.
+Tensor unary_op(const char* name, UnaryOp op, const Tensor& a, bool feeds_products = false) {
   check_float(name, a);
-  Tensor out = float_unary(op, a);
+  Tensor out = float_unary(op, a, feeds_products);
   Tensor saved_out = out.detach();  // not `out`: a node must not own its own output
   record(name, {a}, out, [op, a, saved_out](const Tensor& g) {
     return Grads{float_unary_backward(op, a, saved_out, g)};
@@ -314,13 +322,13 @@ Tensor relu(const Tensor& a) {
   if (a.dtype() == kInt64)
     return scalar_binary<int64_t, int64_t>("relu", a, scalar_tensor(0, kInt64), kInt64,
                                            [](int64_t x, int64_t) { return x > 0 ? x : 0; });
-  return unary_op("relu", UnaryOp::Relu, a);
+  return unary_op("relu", UnaryOp::Relu, a, true);
 }
 
 Tensor gelu(const Tensor& a, const std::string& approximate) {
   LOOM_CHECK(approximate == "none" || approximate == "tanh", "gelu: approximate must be 'none' or 'tanh', got '",
              approximate, "'");
-  return unary_op("gelu", approximate == "none" ? UnaryOp::GeluErf : UnaryOp::GeluTanh, a);
+  return unary_op("gelu", approximate == "none" ? UnaryOp::GeluErf : UnaryOp::GeluTanh, a, true);
 }
 
 // ---- comparisons and logic ---------------------------------------------------------------------

@@ -285,7 +285,7 @@ Tensor convert_bf16(const Tensor& t, bool native) {
   parallel_for((n + kChunk - 1) / kChunk, kChunk, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t first = c * kChunk, len = std::min(kChunk, n - first);
-      if (native) kernels::table().to_bf16(x + first, static_cast<uint16_t*>(out.raw_data()) + first, len);
+      if (native) kernels::table().to_bf16_dot(x + first, static_cast<uint16_t*>(out.raw_data()) + first, len);
       else kernels::table().round_bf16(x + first, out.data_ptr<float>() + first, len);
     }
   });
@@ -294,10 +294,15 @@ Tensor convert_bf16(const Tensor& t, bool native) {
 
 // t as an operand of an autocast product. A parameter (a leaf that requires
 // grad) is converted once per autocast region, like PyTorch's cast cache:
-// the forward and the backward of a step share the copy.
+// the forward and the backward of a step share the copy. An activation that
+// its op wrote with a bfloat16 twin (core/autocast.h) is read from the twin.
 Tensor bf16_operand(const Tensor& t) {
   const bool native = native_bf16();
-  if (!(t.is_leaf() && t.requires_grad())) return convert_bf16(t, native);
+  if (!(t.is_leaf() && t.requires_grad())) {
+    if (native)
+      if (Tensor twin = bf16_twin_of(t); twin.defined()) return twin;
+    return convert_bf16(t, native);
+  }
   struct Cached {
     std::shared_ptr<TensorImpl> owner;  // keeps the key's address from being reused
     Tensor copy;

@@ -27,6 +27,7 @@
 #include <cfloat>
 #include <utility>
 
+#include <loom/core/autocast.h>
 #include <loom/core/autograd.h>
 #include <loom/core/parallel.h>
 #include <loom/ops/kernels/kernels.h>
@@ -63,13 +64,18 @@ Tensor norm_impl(const char* op, const Tensor& x, const Shape& normalized_shape,
     if (bias.defined()) b = bias.contiguous();
   }
   Tensor y = empty(x.sizes()), mean = empty({rows}), rstd = empty({rows});
+  const Tensor twin = make_bf16_twin(y);  // under autocast: y rounded for the linears it feeds, row by row
   {
     const float *xp = xc.data_ptr<float>(), *wp = w.defined() ? w.data_ptr<float>() : nullptr,
                 *bp = b.defined() ? b.data_ptr<float>() : nullptr;
     float *yp = y.data_ptr<float>(), *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+    uint16_t* tp = twin.defined() ? static_cast<uint16_t*>(twin.raw_data()) : nullptr;
     const kernels::Table& k = kernels::table();
     parallel_for(rows, 4 * n, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) k.norm(xp + r * n, wp, bp, yp + r * n, n, float(eps), rms, mp + r, rp + r);
+      for (int64_t r = r0; r < r1; ++r) {
+        k.norm(xp + r * n, wp, bp, yp + r * n, n, float(eps), rms, mp + r, rp + r);
+        if (tp) k.to_bf16_dot(yp + r * n, tp + r * n, n);
+      }
     });
   }
 

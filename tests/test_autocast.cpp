@@ -59,17 +59,25 @@ TEST_CASE("bfloat16 rounding kernels give the reference conversion's bits on eve
   const int64_t n = int64_t(x.size());
   for_each_isa([&](const std::string& isa) {
     CAPTURE(isa);
-    std::vector<uint16_t> bits(x.size());
+    std::vector<uint16_t> bits(x.size()), dot(x.size() + 1);
     std::vector<float> round(x.size());
     for (int64_t len : {n, int64_t(1), int64_t(15), int64_t(17)}) {  // full batches and tails
       std::fill(bits.begin(), bits.end(), 0);
+      std::fill(dot.begin(), dot.end(), 0xdead);
       kernels::table().to_bf16(x.data(), bits.data(), len);
       kernels::table().round_bf16(x.data(), round.data(), len);
+      kernels::table().to_bf16_dot(x.data(), dot.data(), len);
       for (int64_t i = 0; i < len; ++i) {
         CAPTURE(i);
         REQUIRE(bits[size_t(i)] == BFloat16(x[size_t(i)]).bits);
         REQUIRE(bits_of(round[size_t(i)]) == bits_of(round_ref(x[size_t(i)])));
+        // the products' conversion: the same bits, or a subnormal's signed zero
+        const uint32_t u = bits_of(x[size_t(i)]);
+        const bool subnormal = (u & 0x7f800000u) == 0 && (u & 0x007fffffu) != 0;
+        const bool same = dot[size_t(i)] == BFloat16(x[size_t(i)]).bits;
+        REQUIRE((same || (subnormal && dot[size_t(i)] == uint16_t(u >> 16 & 0x8000u))));
       }
+      CHECK(dot[size_t(len)] == 0xdead);  // nothing written past len
     }
   });
   CHECK(BFloat16(from_bits(0x3f808000u)).bits == 0x3f80);  // ties to even, both ways
@@ -158,6 +166,47 @@ TEST_CASE("autocast: a parameter's bfloat16 copy lasts one autocast region") {
   }
   const std::vector<float> f = first.to_vector<float>(), a = again.to_vector<float>();
   for (size_t i = 0; i < f.size(); ++i) CHECK(a[i] == doctest::Approx(2 * f[i]).epsilon(1e-5));
+}
+
+TEST_CASE("autocast: layer_norm and gelu write their output's bfloat16 twin, linear reads it, an in-place op drops it") {
+  INFO("native bfloat16 products: ", native_bf16());
+  Generator g(8);
+  Tensor x = randn({3, 9, 48}, g), lw = randn({48}, g), lb = randn({48}, g);
+  Tensor w = randn({20, 48}, g).requires_grad_(), w2 = randn({5, 48}, g).requires_grad_();
+  auto same = [](const Tensor& a, const Tensor& b) { return a.to_vector<float>() == b.to_vector<float>(); };
+  AutocastGuard autocast;
+  Tensor y = layer_norm(x, {48}, lw, lb), h = gelu(randn({7, 48}, g));
+  for (const Tensor& t : {y, h}) {
+    const Tensor twin = bf16_twin_of(t);
+    REQUIRE(twin.defined() == native_bf16());  // only where the products read bfloat16
+    if (!twin.defined()) continue;
+    CHECK(twin.dtype() == kBFloat16);
+    CHECK(twin.sizes() == t.sizes());
+    std::vector<float> v = t.to_vector<float>();
+    std::vector<uint16_t> want(v.size());
+    kernels::table().to_bf16_dot(v.data(), want.data(), int64_t(v.size()));
+    CHECK(std::memcmp(twin.raw_data(), want.data(), 2 * want.size()) == 0);  // the bits linear would convert to
+  }
+  // Read through the twin (also from a view at an offset): the same bits as
+  // converting a copy, forward and the weight's gradient.
+  Tensor a = linear(y, w), b = linear(y.clone(), w);
+  CHECK(same(a, b));
+  Tensor gw_twin, gw_copy;
+  a.sum().backward(), gw_twin = w.grad().clone(), w.mutable_grad() = Tensor();
+  b.sum().backward(), gw_copy = w.grad().clone(), w.mutable_grad() = Tensor();
+  CHECK(same(gw_twin, gw_copy));
+  CHECK(same(linear(y.narrow(0, 1, 2), w), linear(y.narrow(0, 1, 2).clone(), w)));
+  CHECK(same(linear(h, w2), linear(h.clone(), w2)));
+  {
+    NoGradGuard no_grad;
+    y.add_(ones({48}));  // the twin would be stale
+  }
+  CHECK_FALSE(bf16_twin_of(y).defined());
+  CHECK(same(linear(y, w), linear(y.clone(), w)));
+  {
+    AutocastGuard off(false);
+    CHECK_FALSE(bf16_twin_of(layer_norm(x, {48}, lw, lb)).defined());
+  }
 }
 
 namespace {

@@ -42,6 +42,7 @@ const Table& table_avx512() {
     x.softmax_tile = &softmax_tile_avx512;
     x.exp_tile = &avx512::exp_tile<false>;
     x.to_bf16 = &to_bf16_avx512;
+    x.to_bf16_dot = &to_bf16_avx512;
     return x;
   }();
   return t;

@@ -278,6 +278,18 @@ void gemm_bf16(const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64
   gemm_bf16_packed(a, a_rs, a_cs, B.data(), ldp, c, ldc, m, n, k, alpha, accumulate);
 }
 
+// to_bf16_dot: vcvtneps2bf16 rounds to nearest even and quiets NaNs like
+// BFloat16(float), and flushes subnormals to zero.
+void to_bf16_dot(const float* x, uint16_t* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const __mmask16 tail = first(n - i);
+    _mm256_mask_storeu_epi16(y + i, tail, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail, x + i)));
+  }
+}
+
 }  // namespace
 
 const Table& table_avx512();
@@ -294,6 +306,7 @@ const Table& table_avx512bf16() {
     x.gemm_bf16_pp = &gemm_bf16_pp;
     x.softmax_tile_bf16 = &softmax_tile_bf16;
     x.exp_tile_bf16 = &avx512::exp_tile<true>;
+    x.to_bf16_dot = &to_bf16_dot;
     x.softmax_grad_tile_bf16 = &softmax_grad_tile_bf16;
     return x;
   }();

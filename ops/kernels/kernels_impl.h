@@ -753,7 +753,7 @@ Table make_table(const char* name) {
                &sum<A>,       &sum_squares<A>,  &max<A>,          &softmax<A>,          &softmax_backward<A>,
                &logsumexp<A>, &softmax_minus<A>, &exp_sum<A>,   &softmax_tile<A>,     &exp_tile<A>,
                &softmax_grad<A>, &norm<A>,       &norm_backward<A>, &norm_param_grads<A>, &gemm<A>,
-               &adam_update<A>, &sgd_update<A>,  &to_bf16<A>,     &round_bf16<A>,
+               &adam_update<A>, &sgd_update<A>,  &to_bf16<A>,     &round_bf16<A>,   &to_bf16<A>,
                nullptr,       nullptr,          nullptr,          nullptr,              nullptr,
                nullptr,       nullptr,          nullptr,          nullptr};
 }
