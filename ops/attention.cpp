@@ -815,11 +815,10 @@ AttentionResult run_attention(const Tensor& q_in, const Tensor& k_in, const Tens
              g.dOp.prepare(g.dout, p->B * p->H, p->I, p->Dv, Layout::Pairs);
              g.dOa.prepare(g.dout, p->B * p->H, p->I, p->Dv, Layout::Rows);
            }
-           for (size_t r = 0; r < g.delta.size(); ++r) {
-             double s = 0;
-             for (int64_t d = 0; d < p->Dv; ++d) s += double(g.dout[int64_t(r) * p->Dv + d]) * g.out[int64_t(r) * p->Dv + d];
-             g.delta[r] = float(s);
-           }
+           const kernels::Table& kt = kernels::table();
+           parallel_for(int64_t(g.delta.size()), 2 * p->Dv, [&](int64_t r0, int64_t r1) {
+             for (int64_t r = r0; r < r1; ++r) g.delta[size_t(r)] = kt.dot16(g.dout + r * p->Dv, g.out + r * p->Dv, p->Dv);
+           });
            std::vector<float> dS0;
            if (gate.defined()) {
              dS0 = selective_backward(*p, g, gate.data_ptr<float>());

@@ -104,7 +104,7 @@ TEST_CASE("dropout: same seed, same mask, for any thread count, gradient is the 
   for (size_t i = 0; i < yv.size(); ++i) CHECK(gv[i] == doctest::Approx(yv[i] / xv[i]).epsilon(1e-5));
 }
 
-TEST_CASE("attention's row kernels: exp_sum and softmax_grad against double, the same bits on every ISA") {
+TEST_CASE("attention's row kernels: exp_sum, softmax_grad and dot16 against double, the same bits on every ISA") {
   Generator g(37);
   for (int64_t n : {1, 5, 16, 17, 64, 100}) {
     CAPTURE(n);
@@ -122,7 +122,10 @@ TEST_CASE("attention's row kernels: exp_sum and softmax_grad against double, the
       want_ds.push_back(P[size_t(i)] == 0.0f ? 0.0 : double(P[size_t(i)]) * (double(dP[size_t(i)]) - 0.25));
     }
     std::vector<std::vector<float>> ys;
-    std::vector<float> sums;
+    std::vector<float> sums, dots;
+    double want_dot = 0, dot_scale = 0;  // Δ = Σ dO·O (dP and P stand in, the NaN left out)
+    std::vector<float> dO = randn({n}, g).to_vector<float>();
+    for (int64_t i = 0; i < n; ++i) want_dot += double(dO[size_t(i)]) * P[size_t(i)], dot_scale += std::abs(double(dO[size_t(i)]) * P[size_t(i)]);
     for_each_isa([&](const std::string& isa) {
       CAPTURE(isa);
       std::vector<float> y(static_cast<size_t>(n)), ds(static_cast<size_t>(n));
@@ -134,7 +137,10 @@ TEST_CASE("attention's row kernels: exp_sum and softmax_grad against double, the
       kernels::table().softmax_grad(P.data(), dP.data(), 0.25f, ds.data(), n);
       CHECK(close_or_same(ds, want_ds, 1e-7, 1e-6));
       CHECK(ds[size_t(n / 2)] == 0.0f);
+      dots.push_back(kernels::table().dot16(dO.data(), P.data(), n));
+      CHECK(std::abs(dots.back() - want_dot) <= 1e-6 * dot_scale + 1e-30);
     });
     for (size_t i = 1; i < sums.size(); ++i) CHECK(sums[i] == sums[0]);
+    for (size_t i = 1; i < dots.size(); ++i) CHECK(dots[i] == dots[0]);  // (no NaN here)
   }
 }

@@ -84,6 +84,9 @@ struct Table {
   // stays 0 even when dP is NaN): softmax's backward inside an attention tile.
   // dS may be dP (in place).
   void (*softmax_grad)(const float* P, const float* dP, float delta, float* dS, int64_t n);
+  // Σ_i x[i]·y[i] in 16 float lanes (fused multiply-adds), reduced in a fixed
+  // tree: the same bits on every ISA. An attention backward's Δ = Σ_d dO·O.
+  float (*dot16)(const float* x, const float* y, int64_t n);
 
   // One row of layer_norm (rms = false) or rms_norm (rms = true):
   //   y = (x - mean) * rstd * w + b,  rstd = 1 / sqrt(var + eps)   (rms: mean = 0, var = mean(x²))

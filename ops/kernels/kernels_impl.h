@@ -358,6 +358,26 @@ float max(const float* x, int64_t n) {
   return tree16<A>(lanes, true);
 }
 
+// Table::dot16: 16 lanes whatever the ISA (K batches of W), a tail padded
+// with zeros, tree16 at the end.
+template <class A>
+float dot16(const float* x, const float* y, int64_t n) {
+  using B = Batch<A>;
+  constexpr int64_t W = B::size, L = 16, K = L / W;
+  B acc[K];
+  for (int64_t j = 0; j < K; ++j) acc[j] = B(0.0f);
+  alignas(64) float bx[L], by[L];
+  for (int64_t i = 0; i < n; i += L) {
+    const float *px = x + i, *py = y + i;
+    if (n - i < L) {
+      for (int64_t j = 0; j < L; ++j) bx[j] = i + j < n ? x[i + j] : 0.0f, by[j] = i + j < n ? y[i + j] : 0.0f;
+      px = bx, py = by;
+    }
+    for (int64_t j = 0; j < K; ++j) acc[j] = fmadd<A>(B::load_unaligned(px + j * W), B::load_unaligned(py + j * W), acc[j]);
+  }
+  return tree16<A>(acc, false);
+}
+
 // sum(x[i] * y[i]) in float batches (used inside one row).
 template <class A>
 float dot(const float* x, const float* y, int64_t n) {
@@ -752,7 +772,7 @@ Table make_table(const char* name) {
   return Table{name,          &unary<A>,        &unary_backward<A>,   &binary<A>,
                &sum<A>,       &sum_squares<A>,  &max<A>,          &softmax<A>,          &softmax_backward<A>,
                &logsumexp<A>, &softmax_minus<A>, &exp_sum<A>,   &softmax_tile<A>,     &exp_tile<A>,
-               &softmax_grad<A>, &norm<A>,       &norm_backward<A>, &norm_param_grads<A>, &gemm<A>,
+               &softmax_grad<A>, &dot16<A>,      &norm<A>,       &norm_backward<A>, &norm_param_grads<A>, &gemm<A>,
                &adam_update<A>, &sgd_update<A>,  &to_bf16<A>,     &round_bf16<A>,   &to_bf16<A>,
                nullptr,       nullptr,          nullptr,          nullptr,              nullptr,
                nullptr,       nullptr,          nullptr,          nullptr};
