@@ -73,7 +73,7 @@ struct Table {
   //   mx = −∞ (nothing visible yet): weights 0, m[r], l[r] and o's row unchanged
   //   else: y[r] = exp(x[r] − mx), a = exp(m[r] − mx), l[r] = l[r]·a + Σ_c y[r][c],
   //         m[r] = mx, and o's row r (dv floats, row stride dv) times a (a
-  //         row with m[r] = −∞ on entry is 0 and may be left as it is)
+  //         row with m[r] = −∞ on entry is 0 and is left as it is: a = 1)
   void (*softmax_tile)(const float* x, int64_t nr, int64_t nc, float* m, float* l, float* y, float* o, int64_t dv);
   // y[r][c] = exp(x[r][c] − shift[r]) over [nr, nc], with the exp of
   // softmax_tile (and of softmax_tile_bf16): an attention backward's weights.

@@ -506,8 +506,10 @@ void softmax_tile(const float* x, int64_t nr, int64_t nc, float* m, float* l, fl
     }
     for (int64_t i = 0; i < R; i += W) {
       const B mo = B::load_aligned(m_old + i), mn = B::load_aligned(m_new + i);
-      const auto none = mn == B(-__builtin_inff());
-      xsimd::select(none, B(1.0f), exp_fast<A>(mo - mn)).store_aligned(alpha + i);
+      // 1 where nothing is visible yet, and where nothing was seen before
+      // (m −∞: the output row is 0 and is left as it is, as avx512_tiles.h does)
+      const auto unscaled = mn == B(-__builtin_inff()) || mo == B(-__builtin_inff());
+      xsimd::select(unscaled, B(1.0f), exp_fast<A>(mo - mn)).store_aligned(alpha + i);
     }
     for (int64_t r = r0; r < r0 + rows; ++r) {
       const float a = alpha[r - r0];
